@@ -1,0 +1,62 @@
+"""The only module that knows about CuPy: array namespaces and moving arrays between devices.
+
+Every op in `nn/` and `attacks/` takes its namespace from its arguments with `xp_of(x)`, so the
+same code runs on NumPy, CuPy and the strict Array API test backend. Arrays reach the GPU only
+through `to_device` and come back only through `to_numpy`: nothing moves implicitly.
+"""
+import numpy as np
+from array_api_compat import array_namespace, device
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used on this machine (one sentence, for the user)."""
+
+
+def xp_of(*arrays):
+    """The Array API namespace shared by `arrays` (NumPy's arrays give array_api_compat.numpy)."""
+    return array_namespace(*arrays)
+
+
+def device_of(x):
+    """The device `x` lives on, in its own library's terms."""
+    return device(x)
+
+
+def cupy_or_error():
+    """Import CuPy and check that a CUDA device is present, or raise DeviceError saying why not."""
+    try:
+        import cupy
+    except ImportError:
+        raise DeviceError("--device gpu needs CuPy, which is not installed "
+                          "(pip install 'cupy-cuda12x' or the build for your CUDA).") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy raises its own CUDARuntimeError, or ImportError of libcuda
+        raise DeviceError(f"--device gpu found CuPy but no usable CUDA device ({exc}).") from None
+    if count == 0:
+        raise DeviceError("--device gpu found CuPy but no CUDA device.")
+    return cupy
+
+
+def namespace_for(device_name):
+    """The array module for 'cpu' (NumPy through array_api_compat) or 'gpu' (CuPy)."""
+    if device_name == "cpu":
+        return array_namespace(np.empty(0))
+    if device_name == "gpu":
+        return array_namespace(cupy_or_error().empty(0))
+    raise DeviceError(f"unknown device {device_name!r}: choose 'cpu' or 'gpu'.")
+
+
+def to_device(x, like):
+    """Host array `x` as an array of the same library and device as `like` (dtype kept)."""
+    xp = xp_of(like)
+    return xp.asarray(x, device=device_of(like))
+
+
+def to_numpy(x):
+    """Any supported array as a NumPy array on the host (a no-op for NumPy arrays)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get"):  # CuPy
+        return x.get()
+    return np.asarray(x)

@@ -1,0 +1,281 @@
+"""Pure maths of every layer: `op_forward(...) -> (out, cache)` and `op_backward(dout, cache)`.
+
+Each backward returns the gradient with respect to the op's input first, then the parameter
+gradients. Nothing here holds state; `nn/layers.py` wraps these functions in classes. All ops
+take their array namespace from their arguments (`xp_of`), so they run on NumPy, CuPy and the
+strict Array API backend alike. Shapes use N batch, C channels, H/W height/width, F filters,
+KH/KW kernel size, OH/OW output size.
+"""
+from .backend import device_of, xp_of
+
+
+def _zeros(shape, like):
+    xp = xp_of(like)
+    return xp.zeros(shape, dtype=like.dtype, device=device_of(like))
+
+
+def output_size(size, kernel, stride, padding):
+    """Spatial output length of a window of `kernel` sliding over `size` (+ padding) by `stride`."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"a {kernel}-wide window with padding {padding} does not fit "
+                         f"in an input of size {size}")
+    return out
+
+
+def _window(offset, stride, count):
+    """Slice picking `count` positions `offset, offset + stride, ...` (stop kept in bounds)."""
+    return slice(offset, offset + stride * (count - 1) + 1, stride)
+
+
+# --- convolution -----------------------------------------------------------------------------
+
+def pad2d(x, padding):
+    """Zero-pad the last two axes of x (N, C, H, W) by `padding` on each side."""
+    if padding == 0:
+        return x
+    N, C, H, W = x.shape
+    out = _zeros((N, C, H + 2 * padding, W + 2 * padding), x)
+    out[:, :, padding:padding + H, padding:padding + W] = x
+    return out
+
+
+def im2col(x, KH, KW, stride, padding):
+    """Unfold x (N, C, H, W) into cols (C*KH*KW, N*OH*OW).
+
+    Row (c, i, j) of cols holds x[n, c, i + stride*oh, j + stride*ow] for every (n, oh, ow):
+    one strided slice per kernel offset (i, j), so the Python loop runs KH*KW times whatever N.
+    """
+    xp = xp_of(x)
+    N, C, H, W = x.shape
+    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
+    xc = xp.permute_dims(pad2d(x, padding), (1, 0, 2, 3))  # (C, N, Hp, Wp): rows are (c, ...)
+    cols = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype, device=device_of(x))
+    for i in range(KH):
+        for j in range(KW):
+            cols[:, i, j, ...] = xc[:, :, _window(i, stride, OH), _window(j, stride, OW)]
+    return xp.reshape(cols, (C * KH * KW, N * OH * OW))
+
+
+def col2im(dcols, x_shape, KH, KW, stride, padding):
+    """Adjoint of im2col: fold dcols (C*KH*KW, N*OH*OW) back into dx (N, C, H, W).
+
+    Where windows overlap, the contributions of every offset are summed.
+    """
+    xp = xp_of(dcols)
+    N, C, H, W = x_shape
+    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
+    dcols = xp.reshape(dcols, (C, KH, KW, N, OH, OW))
+    dxp = _zeros((C, N, H + 2 * padding, W + 2 * padding), dcols)
+    for i in range(KH):
+        for j in range(KW):
+            dxp[:, :, _window(i, stride, OH), _window(j, stride, OW)] += dcols[:, i, j, ...]
+    dxp = dxp[:, :, padding:padding + H, padding:padding + W]
+    return xp.permute_dims(dxp, (1, 0, 2, 3))
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """Cross-correlation out[n, f] = sum_c x[n, c] * w[f, c] + b[f], as one matrix product.
+
+    x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, OH, OW).
+    """
+    xp = xp_of(x, w, b)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    cols = im2col(x, KH, KW, stride, padding)                      # (C*KH*KW, N*OH*OW)
+    out = xp.reshape(w, (F, -1)) @ cols + xp.reshape(b, (F, 1))   # (F, N*OH*OW)
+    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
+    out = xp.permute_dims(xp.reshape(out, (F, N, OH, OW)), (1, 0, 2, 3))
+    return out, (x.shape, cols, w, stride, padding)
+
+
+def conv2d_backward(dout, cache):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
+
+    With W2 = w as (F, C*KH*KW) and D = dout as (F, N*OH*OW): dw = D @ cols^T, db = sum of D over
+    its columns, and dx = col2im(W2^T @ D).
+    """
+    xp = xp_of(dout)
+    x_shape, cols, w, stride, padding = cache
+    F, C, KH, KW = w.shape
+    d2 = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (F, -1))
+    dw = xp.reshape(d2 @ cols.T, w.shape)
+    db = xp.sum(d2, axis=1)
+    dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
+    return dx, dw, db
+
+
+# --- pooling ---------------------------------------------------------------------------------
+
+def max_pool2d_forward(x, kernel_size, stride):
+    """Maximum over each KxK window: x (N, C, H, W) -> out (N, C, OH, OW).
+
+    The maximum is taken over the K*K strided views x[:, :, i::stride, j::stride], one per
+    window offset (i, j); this covers overlapping and non-overlapping windows alike.
+    """
+    xp = xp_of(x)
+    N, C, H, W = x.shape
+    OH, OW = output_size(H, kernel_size, stride, 0), output_size(W, kernel_size, stride, 0)
+    out = None
+    for i in range(kernel_size):
+        for j in range(kernel_size):
+            v = x[:, :, _window(i, stride, OH), _window(j, stride, OW)]
+            out = v if out is None else xp.maximum(out, v)
+    return out, (x, out, kernel_size, stride)
+
+
+def max_pool2d_backward(dout, cache):
+    """dout (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes to its maximum.
+
+    On ties the first maximum in row-major window order takes it all (as in PyTorch): `taken`
+    marks windows whose maximum has been found already.
+    """
+    xp = xp_of(dout)
+    x, out, K, stride = cache
+    OH, OW = out.shape[2:]
+    dx = _zeros(x.shape, dout)
+    taken = xp.zeros(out.shape, dtype=xp.bool, device=device_of(out))
+    for i in range(K):
+        for j in range(K):
+            rows, cols = _window(i, stride, OH), _window(j, stride, OW)
+            hit = (x[:, :, rows, cols] == out) & ~taken
+            dx[:, :, rows, cols] += xp.where(hit, dout, 0.0)
+            taken = taken | hit
+    return dx
+
+
+# --- batch normalisation -----------------------------------------------------------------------
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
+                       momentum=0.1, eps=1e-5):
+    """Normalise each channel (axis 1) of x (N, C) or (N, C, H, W), then scale and shift.
+
+    train=True uses the batch's mean and biased variance and also returns the updated running
+    statistics (the running variance takes the unbiased batch variance, as in PyTorch);
+    train=False uses the running statistics and returns them unchanged.
+    gamma, beta, running_mean, running_var (C,) -> out like x, cache, (running_mean, running_var).
+    """
+    xp = xp_of(x)
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if train:
+        mean = xp.mean(x, axis=axes)
+        centred = x - xp.reshape(mean, shape)
+        var = xp.mean(centred * centred, axis=axes)
+        m = x.size // x.shape[1]
+        unbiased = var * (m / (m - 1)) if m > 1 else var
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var = (1 - momentum) * running_var + momentum * unbiased
+    else:
+        var = running_var
+        centred = x - xp.reshape(running_mean, shape)
+    inv_std = xp.reshape(1.0 / xp.sqrt(var + eps), shape)
+    xhat = centred * inv_std
+    out = xp.reshape(gamma, shape) * xhat + xp.reshape(beta, shape)
+    return out, (xhat, inv_std, gamma, axes, shape, train), (running_mean, running_var)
+
+
+def batch_norm_backward(dout, cache):
+    """dout like x -> dx, dgamma (C,), dbeta (C,).
+
+    train: dx = gamma * inv_std / m * (m * dout - sum(dout) - xhat * sum(dout * xhat)), sums over
+    the m values of each channel; eval (fixed statistics): dx = gamma * inv_std * dout.
+    """
+    xp = xp_of(dout)
+    xhat, inv_std, gamma, axes, shape, train = cache
+    dbeta = xp.sum(dout, axis=axes)
+    dgamma = xp.sum(dout * xhat, axis=axes)
+    scale = xp.reshape(gamma, shape) * inv_std
+    if not train:
+        return dout * scale, dgamma, dbeta
+    m = dout.size // dout.shape[1]
+    dx = (scale / m) * (m * dout - xp.reshape(dbeta, shape) - xhat * xp.reshape(dgamma, shape))
+    return dx, dgamma, dbeta
+
+
+# --- dense and element-wise ------------------------------------------------------------------
+
+def dense_forward(x, w, b):
+    """out = x @ w + b: x (N, D), w (D, M), b (M,) -> out (N, M)."""
+    return x @ w + b, (x, w)
+
+
+def dense_backward(dout, cache):
+    """dout (N, M) -> dx = dout @ w^T (N, D), dw = x^T @ dout (D, M), db = sum_n dout (M,)."""
+    xp = xp_of(dout)
+    x, w = cache
+    return dout @ w.T, x.T @ dout, xp.sum(dout, axis=0)
+
+
+def relu_forward(x):
+    """out = max(x, 0), any shape."""
+    xp = xp_of(x)
+    return xp.maximum(x, 0.0), x > 0
+
+
+def relu_backward(dout, positive):
+    """dx = dout where x > 0, else 0."""
+    return xp_of(dout).where(positive, dout, 0.0)
+
+
+def leaky_relu_forward(x, negative_slope=0.01):
+    """out = x where x > 0, else negative_slope * x."""
+    xp = xp_of(x)
+    positive = x > 0
+    return xp.where(positive, x, negative_slope * x), (positive, negative_slope)
+
+
+def leaky_relu_backward(dout, cache):
+    """dx = dout where x > 0, else negative_slope * dout."""
+    positive, negative_slope = cache
+    return xp_of(dout).where(positive, dout, negative_slope * dout)
+
+
+def sigmoid_forward(x):
+    """out = 1 / (1 + exp(-x)), computed from exp(-|x|) so that it never overflows."""
+    xp = xp_of(x)
+    e = xp.exp(-xp.abs(x))
+    out = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return out, out
+
+
+def sigmoid_backward(dout, out):
+    """dx = dout * s * (1 - s) with s the forward output."""
+    return dout * out * (1.0 - out)
+
+
+def tanh_forward(x):
+    """out = tanh(x)."""
+    out = xp_of(x).tanh(x)
+    return out, out
+
+
+def tanh_backward(dout, out):
+    """dx = dout * (1 - tanh(x)^2)."""
+    return dout * (1.0 - out * out)
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+def softmax_cross_entropy(logits, targets):
+    """Mean cross-entropy of softmax(logits) against integer class labels, and its gradient.
+
+    logits (N, K) float, targets (N,) integer in [0, K) -> loss (0-d array), dlogits (N, K).
+    log p = z - max z - log sum exp(z - max z) (stable for any logits);
+    dL/dz = (softmax(z) - onehot(t)) / N.
+    """
+    xp = xp_of(logits, targets)
+    N, K = logits.shape
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+    classes = xp.arange(K, device=device_of(logits))
+    onehot = xp.astype(xp.reshape(targets, (N, 1)) == classes, logits.dtype)
+    loss = -xp.sum(log_p * onehot) / N
+    return loss, (xp.exp(log_p) - onehot) / N
+
+
+def softmax(logits):
+    """Class probabilities (N, K) from logits (N, K), stable for any logits."""
+    xp = xp_of(logits)
+    e = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)

@@ -1,0 +1,190 @@
+"""Stateful layers: each holds its `params` (name -> array) and the cache of its last forward.
+
+Protocol of every layer:
+    out = layer.forward(x)            remembers what its backward needs
+    dx, grads = layer.backward(dout)  grads has the keys of layer.params; uses up the cache
+The maths lives in `nn/functional.py`. Parameters are initialised on the host from a seeded
+`numpy.random.Generator` in float32; `Sequential.to(xp)` moves them to another array library.
+"""
+import numpy as np
+
+from . import functional as F
+from .backend import xp_of
+
+
+class Layer:
+    """Base class: no parameters, no buffers, train mode, an empty cache."""
+
+    def __init__(self):
+        self.params = {}
+        self.buffers = {}
+        self.training = True
+        self._cache = None
+
+    def _remember(self, cache):
+        self._cache = cache
+
+    def _take_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a forward "
+                               "before it (each forward allows one backward)")
+        cache, self._cache = self._cache, None
+        return cache
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.params.items())
+        return f"{type(self).__name__}({shapes})"
+
+
+def _he_normal(rng, shape, fan_in):
+    """Kaiming/He normal initialisation, std sqrt(2 / fan_in), float32 on the host."""
+    rng = np.random.default_rng() if rng is None else rng
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+class Conv2d(Layer):
+    """2-D convolution: x (N, C, H, W) -> (N, F, OH, OW); W (F, C, KH, KW), b (F,)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, rng=None):
+        super().__init__()
+        k = kernel_size
+        self.stride, self.padding = stride, padding
+        self.params = {"W": _he_normal(rng, (out_channels, in_channels, k, k), in_channels * k * k),
+                       "b": np.zeros(out_channels, dtype=np.float32)}
+
+    def forward(self, x):
+        out, cache = F.conv2d_forward(x, self.params["W"], self.params["b"],
+                                      self.stride, self.padding)
+        self._remember(cache)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = F.conv2d_backward(dout, self._take_cache())
+        return dx, {"W": dw, "b": db}
+
+
+class MaxPool2d(Layer):
+    """Max pooling over KxK windows: (N, C, H, W) -> (N, C, OH, OW); stride defaults to K."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+
+    def forward(self, x):
+        out, cache = F.max_pool2d_forward(x, self.kernel_size, self.stride)
+        self._remember(cache)
+        return out
+
+    def backward(self, dout):
+        return F.max_pool2d_backward(dout, self._take_cache()), {}
+
+
+class _BatchNorm(Layer):
+    """Shared by BatchNorm1d and BatchNorm2d: gamma, beta (C,); running_mean, running_var (C,)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.params = {"gamma": np.ones(num_features, dtype=np.float32),
+                       "beta": np.zeros(num_features, dtype=np.float32)}
+        self.buffers = {"running_mean": np.zeros(num_features, dtype=np.float32),
+                        "running_var": np.ones(num_features, dtype=np.float32)}
+
+    def forward(self, x):
+        if x.ndim != self.ndim:
+            raise ValueError(f"{type(self).__name__} expects a {self.ndim}-D input, "
+                             f"got shape {tuple(x.shape)}")
+        out, cache, running = F.batch_norm_forward(
+            x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+            self.buffers["running_var"], train=self.training, momentum=self.momentum, eps=self.eps)
+        self.buffers["running_mean"], self.buffers["running_var"] = running
+        self._remember(cache)
+        return out
+
+    def backward(self, dout):
+        dx, dgamma, dbeta = F.batch_norm_backward(dout, self._take_cache())
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of features: x (N, C)."""
+    ndim = 2
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of channels over batch and space: x (N, C, H, W)."""
+    ndim = 4
+
+
+class Dense(Layer):
+    """Fully connected: x (N, D) -> x @ W + b (N, M); W (D, M), b (M,)."""
+
+    def __init__(self, in_features, out_features, rng=None):
+        super().__init__()
+        self.params = {"W": _he_normal(rng, (in_features, out_features), in_features),
+                       "b": np.zeros(out_features, dtype=np.float32)}
+
+    def forward(self, x):
+        out, cache = F.dense_forward(x, self.params["W"], self.params["b"])
+        self._remember(cache)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = F.dense_backward(dout, self._take_cache())
+        return dx, {"W": dw, "b": db}
+
+
+class _Elementwise(Layer):
+    """A parameter-free layer given by a functional forward/backward pair."""
+    _forward = _backward = None
+
+    def forward(self, x):
+        out, cache = type(self)._forward(x)
+        self._remember(cache)
+        return out
+
+    def backward(self, dout):
+        return type(self)._backward(dout, self._take_cache()), {}
+
+
+class ReLU(_Elementwise):
+    """max(x, 0), any shape."""
+    _forward, _backward = F.relu_forward, F.relu_backward
+
+
+class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x)), any shape."""
+    _forward, _backward = F.sigmoid_forward, F.sigmoid_backward
+
+
+class Tanh(_Elementwise):
+    """tanh(x), any shape."""
+    _forward, _backward = F.tanh_forward, F.tanh_backward
+
+
+class LeakyReLU(Layer):
+    """x where x > 0, else negative_slope * x; any shape."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        out, cache = F.leaky_relu_forward(x, self.negative_slope)
+        self._remember(cache)
+        return out
+
+    def backward(self, dout):
+        return F.leaky_relu_backward(dout, self._take_cache()), {}
+
+
+class Flatten(Layer):
+    """(N, ...) -> (N, prod(...)); backward reshapes the gradient back."""
+
+    def forward(self, x):
+        self._remember(x.shape)
+        return xp_of(x).reshape(x, (x.shape[0], -1))
+
+    def backward(self, dout):
+        return xp_of(dout).reshape(dout, self._take_cache()), {}

@@ -1,0 +1,118 @@
+"""Sequential: a chain of layers whose backward pass ends at the *input image*.
+
+The forward pass runs the layers in order. The backward pass runs them in reverse, each turning
+the gradient of the loss with respect to its output into the gradient with respect to its input
+(plus its parameter gradients). After the first layer that gradient is dL/dx for the network's
+input itself: the attacks in `attacks/` take it from here to move the image, where training only
+uses the parameter gradients.
+"""
+import numpy as np
+
+from .backend import device_of, to_numpy, xp_of
+from .layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
+
+
+class Sequential:
+    """Layers applied in order; parameters named "<layer index>.<name>" as in PyTorch."""
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def train(self):
+        """Training mode: BatchNorm normalises with batch statistics and updates running ones."""
+        for layer in self.layers:
+            layer.training = True
+        return self
+
+    def eval(self):
+        """Evaluation mode: BatchNorm uses (and never changes) its running statistics."""
+        for layer in self.layers:
+            layer.training = False
+        return self
+
+    @property
+    def training(self):
+        return all(layer.training for layer in self.layers)
+
+    def forward(self, x):
+        """x (N, ...) -> output of the last layer; every layer caches what its backward needs."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """dout = dL/d(output) -> (dx, grads), after one forward.
+
+        dx is dL/d(input), shaped like the input of `forward`: the chain rule carried through
+        every layer back to the pixels. grads maps each name of `params` to dL/d(param).
+        """
+        grads = {}
+        for i in reversed(range(len(self.layers))):
+            dout, layer_grads = self.layers[i].backward(dout)
+            for name, g in layer_grads.items():
+                grads[f"{i}.{name}"] = g
+        return dout, grads
+
+    @property
+    def params(self):
+        """name -> the live parameter array (an optimizer updates these in place)."""
+        return {f"{i}.{name}": p for i, layer in enumerate(self.layers)
+                for name, p in layer.params.items()}
+
+    @property
+    def buffers(self):
+        """name -> running statistics (not trained by gradients)."""
+        return {f"{i}.{name}": b for i, layer in enumerate(self.layers)
+                for name, b in layer.buffers.items()}
+
+    def state_dict(self):
+        """Host (NumPy) copies of every parameter and buffer, keyed by name."""
+        return {k: np.array(to_numpy(v)) for k, v in {**self.params, **self.buffers}.items()}
+
+    def load_state_dict(self, state):
+        """Copy arrays from `state` (name -> array) into the model, on the model's device.
+
+        Raises ValueError if the names or shapes differ from the model's.
+        """
+        own = {**self.params, **self.buffers}
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise ValueError(f"state does not match the model: missing {missing}, "
+                             f"unexpected {extra}")
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(f"state entry {key} has shape {tuple(value.shape)}, "
+                                 f"the model needs {tuple(own[key].shape)}")
+        self._assign(lambda key, old: xp_of(old).asarray(
+            np.asarray(to_numpy(state[key]), dtype=np.float32), device=device_of(old)))
+
+    def to(self, xp, device=None):
+        """Move every parameter and buffer to array namespace `xp` (e.g. cupy) and `device`."""
+        self._assign(lambda key, old: xp.asarray(to_numpy(old), device=device))
+        return self
+
+    def _assign(self, new_value):
+        for i, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for name, old in store.items():
+                    store[name] = new_value(f"{i}.{name}", old)
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  ({i}) {l!r}\n" for i, l in enumerate(self.layers)) + ")"
+
+
+def reference_cnn(batch_norm=False, rng=None):
+    """The exercise's CNN for 1x28x28 images -> 10 logits.
+
+    Conv(1->32, 5x5) -> [BatchNorm2d] -> MaxPool 2 -> ReLU -> Conv(32->64, 5x5) -> [BatchNorm2d]
+    -> MaxPool 2 -> ReLU -> Flatten -> Dense(1024 -> 10). Shapes: 28 -> 24 -> 12 -> 8 -> 4.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+
+    def block(c_in, c_out):
+        norm = [BatchNorm2d(c_out)] if batch_norm else []
+        return [Conv2d(c_in, c_out, 5, rng=rng), *norm, MaxPool2d(2), ReLU()]
+
+    return Sequential(*block(1, 32), *block(32, 64), Flatten(), Dense(64 * 4 * 4, 10, rng=rng))
