@@ -1,0 +1,72 @@
+"""The exercise's evaluation: clean accuracy, and accuracy under attack of the correctly
+classified test images only, plus the robust accuracy over all images that papers report."""
+from functools import partial
+
+import numpy as np
+
+from nn.backend import to_device, to_numpy, xp_of
+
+from .gradient import eval_mode, fgs_step, fgv_step, loss_and_gradients
+
+
+def default_attacks(fgs_alpha=0.3, fgv_alpha=0.6):
+    """name -> step(x, grad) -> x_adv for the exercise's two attacks."""
+    return {"fgs": partial(fgs_step, alpha=fgs_alpha), "fgv": partial(fgv_step, alpha=fgv_alpha)}
+
+
+def batch_slices(n, batch_size):
+    """Consecutive slices of range(n), each at most batch_size long."""
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def predict(model, images, batch_size=1000):
+    """Predicted labels (N,) on the host for host images (N, C, H, W), in eval mode."""
+    like = next(iter(model.params.values()))
+    with eval_mode(model):
+        return np.concatenate([to_numpy(xp_of(like).argmax(model.forward(to_device(images[s], like)),
+                                                            axis=1)) for s in batch_slices(len(images), batch_size)])
+
+
+def evaluate(model, images, labels, attacks=None, batch_size=500):
+    """Accuracy on clean images and under each attack, in eval mode; host images and labels in.
+
+    images (N, C, H, W) float32 in [0, 1], labels (N,) int; attacks: name -> step(x, grad), by
+    default FGS (alpha 0.3) and FGV (alpha 0.6). Returns a dict of floats:
+      clean_acc, clean_loss, n (= N), n_correct;
+      <name>_acc        fraction of the n_correct clean-correct images still correct after attack
+                        (the exercise's measure), <name>_robust_acc the same count over all N,
+      <name>_linf, <name>_l2   mean size of the perturbations of those n_correct images.
+    One forward and one backward per batch serve every attack. Attacking every image and then
+    counting only the clean-correct ones equals attacking those alone: in eval mode each image's
+    gradient depends on that image only, up to the 1/N of the mean, which neither sign nor FGV's
+    per-image scaling sees.
+    """
+    attacks = default_attacks() if attacks is None else attacks
+    like = next(iter(model.params.values()))
+    xp = xp_of(like)
+    totals = {"clean_loss": 0.0, "n_correct": 0}
+    for name in attacks:
+        totals.update({f"{name}_still": 0, f"{name}_linf": 0.0, f"{name}_l2": 0.0})
+    with eval_mode(model):
+        for s in batch_slices(len(images), batch_size):
+            x, t = to_device(images[s], like), to_device(labels[s], like)
+            p = loss_and_gradients(model, x, t)
+            correct = xp.argmax(p.logits, axis=1) == t
+            totals["clean_loss"] += float(p.loss) * t.shape[0]
+            totals["n_correct"] += int(xp.sum(xp.astype(correct, xp.int64)))
+            for name, step in attacks.items():
+                x_adv = step(x, p.dx)
+                still = correct & (xp.argmax(model.forward(x_adv), axis=1) == t)
+                delta = xp.reshape(x_adv - x, (x.shape[0], -1))
+                mask = xp.astype(correct, x.dtype)
+                totals[f"{name}_still"] += int(xp.sum(xp.astype(still, xp.int64)))
+                totals[f"{name}_linf"] += float(xp.sum(xp.max(xp.abs(delta), axis=1) * mask))
+                totals[f"{name}_l2"] += float(xp.sum(xp.sqrt(xp.sum(delta * delta, axis=1)) * mask))
+    n, k = len(images), totals["n_correct"]
+    result = {"n": n, "n_correct": k, "clean_acc": k / n, "clean_loss": totals["clean_loss"] / n}
+    for name in attacks:
+        result[f"{name}_acc"] = totals[f"{name}_still"] / k if k else float("nan")
+        result[f"{name}_robust_acc"] = totals[f"{name}_still"] / n
+        result[f"{name}_linf"] = totals[f"{name}_linf"] / k if k else float("nan")
+        result[f"{name}_l2"] = totals[f"{name}_l2"] / k if k else float("nan")
+    return result

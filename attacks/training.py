@@ -1,0 +1,33 @@
+"""One optimizer step of each training mode of the exercise: standard, noise and adversarial."""
+from nn.optim import add_grads
+
+from .gradient import fgs_step, loss_and_gradients, sign_noise
+
+
+def standard_step(model, optimizer, x, t):
+    """Train on the clean batch x (N, C, H, W), t (N,); returns the batch loss (0-d array)."""
+    p = loss_and_gradients(model, x, t)
+    optimizer.step(model.params, p.grads)
+    return p.loss
+
+
+def noise_step(model, optimizer, x, t, alpha, rng):
+    """Train on x + alpha * {-1, +1} (random signs from host generator rng); returns the loss."""
+    return standard_step(model, optimizer, sign_noise(x, alpha, rng), t)
+
+
+def adversarial_step(model, optimizer, x, t, alpha):
+    """The exercise's adversarial training step; returns J(x) + J(x_fgs), the loss it descends.
+
+    1. forward and backward on the clean batch: parameter gradients and dJ/dx, in one pass;
+    2. the FGS batch x + alpha * sign(dJ/dx), clipped to [0, 1], from that same dJ/dx;
+    3. forward and backward on the FGS batch: its parameter gradients;
+    4. the sum of both parameter gradients;
+    5. one optimizer step with that sum.
+    """
+    clean = loss_and_gradients(model, x, t)
+    x_fgs = fgs_step(x, clean.dx, alpha)
+    adv = loss_and_gradients(model, x_fgs, t)
+    total = add_grads(clean.grads, adv.grads)
+    optimizer.step(model.params, total)
+    return clean.loss + adv.loss

@@ -1,0 +1,77 @@
+"""Accuracy-over-epochs plots of one or several runs.
+
+    python plot.py runs/standard runs/adversarial-bn -o comparison.png
+
+Each run folder holds the metrics.csv and settings.json that train.py writes. Colour tells the
+runs apart; line style tells clean (solid), FGS (dashed) and FGV (dotted) accuracy apart.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"))
+
+
+class RunError(Exception):
+    """A folder is not a readable run (one sentence naming it)."""
+
+
+def read_metrics(run_dir):
+    """Columns of run_dir/metrics.csv as a dict name -> list of floats."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no metrics.csv: is it a run folder written by train.py?")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise RunError(f"{path} has no epochs yet")
+    return {k: [float(r[k]) for r in rows] for k in rows[0]}
+
+
+def run_label(run_dir):
+    """'adversarial, BN' style label from the run's settings.json, else the folder name."""
+    try:
+        s = json.loads((Path(run_dir) / "settings.json").read_text())
+        return f"{s['mode']}{', BN' if s['bn'] else ''}"
+    except (OSError, ValueError, KeyError):
+        return Path(run_dir).name
+
+
+def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
+    """Draw clean / FGS / FGV accuracy (in %) over epochs for each run into out_path (PNG)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, run in enumerate(run_dirs):
+        m, colour = read_metrics(run), f"C{i}"
+        for key, name, style in CURVES:
+            if key in m:
+                ax.plot(m["epoch"], [100 * v for v in m[key]], style, color=colour, marker=".",
+                        label=f"{run_label(run)}: {name}" if len(run_dirs) > 1 else name)
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=1 + (len(run_dirs) > 2))
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Overlay the accuracy curves of train.py runs.")
+    parser.add_argument("runs", nargs="+", help="run folders written by train.py")
+    parser.add_argument("-o", "--out", default="comparison.png", help="output PNG file")
+    args = parser.parse_args(argv)
+    try:
+        plot_runs(args.runs, args.out)
+    except RunError as exc:
+        parser.exit(1, f"plot.py: error: {exc}\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

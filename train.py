@@ -1,0 +1,220 @@
+"""Train the exercise's CNN on MNIST and evaluate it against FGS and FGV after every epoch.
+
+    python train.py --mode adversarial            # or standard, noise; --bn adds BatchNorm
+
+Each epoch prints one line and updates the run folder: metrics.csv, accuracy.png and
+checkpoint.npz (from which --resume continues). settings.json records the run's flags.
+"""
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from attacks import adversarial_step, default_attacks, evaluate, noise_step, standard_step
+from attacks.evaluate import batch_slices
+from data.mnist import MNISTError, load_mnist
+from nn import SGD, reference_cnn
+from nn.backend import DeviceError, namespace_for, to_device
+from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from plot import RunError, plot_runs
+
+# The flags that define a run: --resume refuses a checkpoint made with other values.
+RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alpha",
+                "noise_alpha", "seed", "train_limit", "test_limit")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def _float_in(low, high, low_open=False, high_open=False):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low < value if low_open else low <= value) or \
+                not (value < high if high_open else value <= high):
+            bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"expected a number in {bounds}, got {value}")
+        return value
+    return parse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=["standard", "noise", "adversarial"], default="standard",
+                   help="train on clean, sign-noise or clean + FGS batches")
+    p.add_argument("--bn", action="store_true", help="the reference CNN with BatchNorm")
+    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=_float_in(0, math.inf, low_open=True, high_open=True), default=0.01)
+    p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9)
+    p.add_argument("--alpha", type=_float_in(0, 1), default=0.3,
+                   help="FGS step for adversarial training and for evaluation")
+    p.add_argument("--fgv-alpha", type=_float_in(0, 1), default=0.6, help="FGV step for evaluation")
+    p.add_argument("--noise-alpha", type=_float_in(0, 1), default=0.3,
+                   help="size of the random sign noise in --mode noise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<mode>[-bn]-seed<seed>)")
+    p.add_argument("--train-limit", type=_positive_int, help="use the first N training images")
+    p.add_argument("--test-limit", type=_positive_int, help="use the first N test images")
+    p.add_argument("--data-dir", type=Path,
+                   help="folder with the MNIST IDX files, plain or .gz (default: the embedded copy)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last completed epoch")
+    args = p.parse_args(argv)
+    if args.out is None:
+        limits = "".join(f"-{k[0]}{v}" for k, v in (("train", args.train_limit),
+                                                    ("test", args.test_limit)) if v)
+        args.out = Path("runs") / f"{args.mode}{'-bn' if args.bn else ''}-seed{args.seed}{limits}"
+    return args
+
+
+class TrainingError(Exception):
+    """The run cannot go on (one sentence for the user)."""
+
+
+def make_step(args, rng):
+    """The optimizer step of the chosen mode, as step(model, optimizer, x, t) -> loss."""
+    if args.mode == "noise":
+        return partial(noise_step, alpha=args.noise_alpha, rng=rng)
+    if args.mode == "adversarial":
+        return partial(adversarial_step, alpha=args.alpha)
+    return standard_step
+
+
+def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc):
+    """One pass over the shuffled training set; returns the mean loss of its batches."""
+    like = next(iter(model.params.values()))
+    order = rng.permutation(len(images))
+    model.train()
+    total, seen = 0.0, 0
+    with tqdm(total=len(order), desc=desc, unit="img", leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        for s in batch_slices(len(order), batch_size):
+            idx = order[s]
+            loss = float(step(model, optimizer, to_device(images[idx], like),
+                              to_device(labels[idx], like)))
+            if not math.isfinite(loss):
+                raise TrainingError(f"the training loss became {loss} in {desc}, batch "
+                                    f"{s.start // batch_size + 1}; try a smaller --lr")
+            total, seen = total + loss * len(idx), seen + len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / seen
+
+
+def checkpoint_state(model, optimizer, rng, epoch, settings, history):
+    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
+    arrays.update({f"optim.{k}": v for k, v in optimizer.state_dict().items()})
+    meta = {"epoch": epoch, "settings": settings, "rng": rng.bit_generator.state,
+            "history": history}
+    return arrays, meta
+
+
+def restore(path, settings, model, optimizer, rng):
+    """Load checkpoint `path` into model, optimizer and rng; returns (epoch, history)."""
+    try:
+        arrays, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise TrainingError(f"--resume: {exc}") from None
+    changed = [f"--{k.replace('_', '-')} {meta['settings'].get(k)} (now {settings[k]})"
+               for k in RUN_SETTINGS if meta["settings"].get(k) != settings[k]]
+    if changed:
+        raise TrainingError(f"--resume: the checkpoint {path} was made with other settings: "
+                            + ", ".join(changed))
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")},
+                              like=model.params)
+    rng.bit_generator.state = meta["rng"]
+    return meta["epoch"], meta["history"]
+
+
+def write_metrics(path, history):
+    """Rewrite metrics.csv from the full history (one row per completed epoch)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows({k: repr(v) for k, v in row.items()} for row in history)
+    tmp.replace(path)
+
+
+def epoch_line(row, epochs):
+    return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  loss {row['train_loss']:.4f}  "
+            f"clean {100 * row['clean_acc']:.2f}%  FGS {100 * row['fgs_acc']:.2f}%  "
+            f"FGV {100 * row['fgv_acc']:.2f}% (of {row['n_correct']} correct)  "
+            f"{row['train_seconds']:.1f} s + eval {row['eval_seconds']:.1f} s")
+
+
+def run(args):
+    xp = namespace_for(args.device)
+    settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    ckpt = args.out / "checkpoint.npz"
+    if not args.resume and ckpt.exists():
+        raise TrainingError(f"{args.out} already holds a run: add --resume to continue it, "
+                            "or choose another folder with --out")
+    train_x, train_t = load_mnist("train", args.data_dir, args.train_limit)
+    test_x, test_t = load_mnist("test", args.data_dir, args.test_limit)
+
+    rng = np.random.default_rng(args.seed)
+    model = reference_cnn(batch_norm=args.bn, rng=rng).to(xp)
+    optimizer = SGD(args.lr, momentum=args.momentum)
+    start, history = restore(ckpt, settings, model, optimizer, rng) if args.resume else (0, [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "settings.json").write_text(json.dumps(
+        {**vars(args), "out": str(args.out), "data_dir": args.data_dir and str(args.data_dir)},
+        indent=2) + "\n")
+    step, attacks = make_step(args, rng), default_attacks(args.alpha, args.fgv_alpha)
+    print(f"{args.mode} training{' with BatchNorm' if args.bn else ''} on {len(train_x)} images, "
+          f"tested on {len(test_x)}; epochs {start + 1}..{args.epochs} on {args.device}; "
+          f"writing {args.out}/", flush=True)
+    for epoch in range(start + 1, args.epochs + 1):
+        t0 = time.perf_counter()
+        loss = train_epoch(model, optimizer, step, train_x, train_t, args.batch_size, rng,
+                           desc=f"epoch {epoch}/{args.epochs}")
+        t1 = time.perf_counter()
+        metrics = evaluate(model, test_x, test_t, attacks)
+        history.append({"epoch": epoch, "train_loss": loss, **metrics,
+                        "train_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1})
+        save_checkpoint(ckpt, *checkpoint_state(model, optimizer, rng, epoch, settings, history))
+        write_metrics(args.out / "metrics.csv", history)
+        plot_runs([args.out], args.out / "accuracy.png",
+                  title=f"{args.mode} training{' with BatchNorm' if args.bn else ''}")
+        print(epoch_line(history[-1], args.epochs), flush=True)
+    if start >= args.epochs:
+        print(f"{args.out} already has {start} epochs; raise --epochs to train further")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (TrainingError, MNISTError, DeviceError, RunError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.out} keeps its last completed epoch; continue with --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
