@@ -29,49 +29,56 @@ def _window(offset, stride, count):
 
 
 # --- convolution -----------------------------------------------------------------------------
+# Convolution works on "channels first, batch last" copies (C, H, W, N) of its input: the
+# strided slices that im2col and col2im move then have N contiguous values at their core, and
+# the result, a (F, OH, OW, N) array seen as (N, F, OH, OW), keeps the batch innermost in memory
+# for the layers after it (NumPy's element-wise ops keep their input's memory order).
 
-def pad2d(x, padding):
-    """Zero-pad the last two axes of x (N, C, H, W) by `padding` on each side."""
+def _padded_cnhw(x, padding):
+    """x (N, C, H, W) as (C, H + 2p, W + 2p, N), zero-padded."""
+    xp = xp_of(x)
+    xt = xp.permute_dims(x, (1, 2, 3, 0))
     if padding == 0:
-        return x
-    N, C, H, W = x.shape
-    out = _zeros((N, C, H + 2 * padding, W + 2 * padding), x)
-    out[:, :, padding:padding + H, padding:padding + W] = x
+        return xt
+    C, H, W, N = xt.shape
+    out = _zeros((C, H + 2 * padding, W + 2 * padding, N), x)
+    out[:, padding:padding + H, padding:padding + W, :] = xt
     return out
 
 
 def im2col(x, KH, KW, stride, padding):
-    """Unfold x (N, C, H, W) into cols (C*KH*KW, N*OH*OW).
+    """Unfold x (N, C, H, W) into cols (C*KH*KW, OH*OW*N).
 
-    Row (c, i, j) of cols holds x[n, c, i + stride*oh, j + stride*ow] for every (n, oh, ow):
-    one strided slice per kernel offset (i, j), so the Python loop runs KH*KW times whatever N.
+    Row (c, i, j), column (oh, ow, n) of cols holds x[n, c, i + stride*oh, j + stride*ow]
+    (zero in the padding): one strided slice per kernel offset (i, j), so the Python loop runs
+    KH*KW times whatever the batch size.
     """
     xp = xp_of(x)
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    xc = xp.permute_dims(pad2d(x, padding), (1, 0, 2, 3))  # (C, N, Hp, Wp): rows are (c, ...)
-    cols = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype, device=device_of(x))
+    xt = _padded_cnhw(x, padding)
+    cols = xp.empty((C, KH, KW, OH, OW, N), dtype=x.dtype, device=device_of(x))
     for i in range(KH):
         for j in range(KW):
-            cols[:, i, j, ...] = xc[:, :, _window(i, stride, OH), _window(j, stride, OW)]
-    return xp.reshape(cols, (C * KH * KW, N * OH * OW))
+            cols[:, i, j, ...] = xt[:, _window(i, stride, OH), _window(j, stride, OW), :]
+    return xp.reshape(cols, (C * KH * KW, OH * OW * N))
 
 
 def col2im(dcols, x_shape, KH, KW, stride, padding):
-    """Adjoint of im2col: fold dcols (C*KH*KW, N*OH*OW) back into dx (N, C, H, W).
+    """Adjoint of im2col: fold dcols (C*KH*KW, OH*OW*N) back into dx (N, C, H, W).
 
     Where windows overlap, the contributions of every offset are summed.
     """
     xp = xp_of(dcols)
     N, C, H, W = x_shape
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    dcols = xp.reshape(dcols, (C, KH, KW, N, OH, OW))
-    dxp = _zeros((C, N, H + 2 * padding, W + 2 * padding), dcols)
+    dcols = xp.reshape(dcols, (C, KH, KW, OH, OW, N))
+    dxt = _zeros((C, H + 2 * padding, W + 2 * padding, N), dcols)
     for i in range(KH):
         for j in range(KW):
-            dxp[:, :, _window(i, stride, OH), _window(j, stride, OW)] += dcols[:, i, j, ...]
-    dxp = dxp[:, :, padding:padding + H, padding:padding + W]
-    return xp.permute_dims(dxp, (1, 0, 2, 3))
+            dxt[:, _window(i, stride, OH), _window(j, stride, OW), :] += dcols[:, i, j, ...]
+    dxt = dxt[:, padding:padding + H, padding:padding + W, :]
+    return xp.permute_dims(dxt, (3, 0, 1, 2))
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0):
@@ -82,23 +89,23 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     xp = xp_of(x, w, b)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    cols = im2col(x, KH, KW, stride, padding)                      # (C*KH*KW, N*OH*OW)
-    out = xp.reshape(w, (F, -1)) @ cols + xp.reshape(b, (F, 1))   # (F, N*OH*OW)
+    cols = im2col(x, KH, KW, stride, padding)                      # (C*KH*KW, OH*OW*N)
+    out = xp.reshape(w, (F, -1)) @ cols + xp.reshape(b, (F, 1))   # (F, OH*OW*N)
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    out = xp.permute_dims(xp.reshape(out, (F, N, OH, OW)), (1, 0, 2, 3))
+    out = xp.permute_dims(xp.reshape(out, (F, OH, OW, N)), (3, 0, 1, 2))
     return out, (x.shape, cols, w, stride, padding)
 
 
 def conv2d_backward(dout, cache):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
 
-    With W2 = w as (F, C*KH*KW) and D = dout as (F, N*OH*OW): dw = D @ cols^T, db = sum of D over
-    its columns, and dx = col2im(W2^T @ D).
+    With W2 = w as (F, C*KH*KW) and D = dout as (F, OH*OW*N): dw = D @ cols^T, db = the sum of
+    D over its columns, and dx = col2im(W2^T @ D).
     """
     xp = xp_of(dout)
     x_shape, cols, w, stride, padding = cache
     F, C, KH, KW = w.shape
-    d2 = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (F, -1))
+    d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
     dw = xp.reshape(d2 @ cols.T, w.shape)
     db = xp.sum(d2, axis=1)
     dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
@@ -128,19 +135,28 @@ def max_pool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes to its maximum.
 
     On ties the first maximum in row-major window order takes it all (as in PyTorch): `taken`
-    marks windows whose maximum has been found already.
+    marks the windows whose maximum has been found already, so the last offset needs no compare.
     """
     xp = xp_of(dout)
     x, out, K, stride = cache
     OH, OW = out.shape[2:]
-    dx = _zeros(x.shape, dout)
-    taken = xp.zeros(out.shape, dtype=xp.bool, device=device_of(out))
-    for i in range(K):
-        for j in range(K):
-            rows, cols = _window(i, stride, OH), _window(j, stride, OW)
+    dx = xp.zeros_like(x)  # keeps x's memory order (see the convolution note)
+    taken = None
+    offsets = [(i, j) for i in range(K) for j in range(K)]
+    for n, (i, j) in enumerate(offsets):
+        rows, cols = _window(i, stride, OH), _window(j, stride, OW)
+        if taken is None:
+            hit = x[:, :, rows, cols] == out
+            taken = hit
+        elif n == len(offsets) - 1:
+            hit = ~taken
+        else:
             hit = (x[:, :, rows, cols] == out) & ~taken
-            dx[:, :, rows, cols] += xp.where(hit, dout, 0.0)
             taken = taken | hit
+        if stride >= K:  # windows do not overlap: each input element is written once
+            dx[:, :, rows, cols] = xp.where(hit, dout, 0.0)
+        else:
+            dx[:, :, rows, cols] += xp.where(hit, dout, 0.0)
     return dx
 
 
