@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"))
 
@@ -54,6 +55,7 @@ def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
                 ax.plot(m["epoch"], [100 * v for v in m[key]], style, color=colour, marker=".",
                         label=f"{run_label(run)}: {name}" if len(run_dirs) > 1 else name)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=1 + (len(run_dirs) > 2))
     fig.tight_layout()
