@@ -59,4 +59,4 @@ def to_numpy(x):
         return x
     if hasattr(x, "get"):  # CuPy
         return x.get()
-    return np.asarray(x)
+    return np.asarray(x.to_device(xp_of(x).__array_namespace_info__().default_device()))

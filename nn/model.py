@@ -72,7 +72,7 @@ class Sequential:
         return {k: np.array(to_numpy(v)) for k, v in {**self.params, **self.buffers}.items()}
 
     def load_state_dict(self, state):
-        """Copy arrays from `state` (name -> array) into the model, on the model's device.
+        """Copy arrays from `state` (name -> array) into the model, keeping its device and dtypes.
 
         Raises ValueError if the names or shapes differ from the model's.
         """
@@ -86,7 +86,7 @@ class Sequential:
                 raise ValueError(f"state entry {key} has shape {tuple(value.shape)}, "
                                  f"the model needs {tuple(own[key].shape)}")
         self._assign(lambda key, old: xp_of(old).asarray(
-            np.asarray(to_numpy(state[key]), dtype=np.float32), device=device_of(old)))
+            np.array(to_numpy(state[key])), dtype=old.dtype, device=device_of(old)))
 
     def to(self, xp, device=None):
         """Move every parameter and buffer to array namespace `xp` (e.g. cupy) and `device`."""

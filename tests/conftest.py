@@ -36,8 +36,8 @@ def xp(request):
         return xnp
     if request.param == "array_api_strict":
         return pytest.importorskip("array_api_strict")
-    from array_api_compat import cupy as xcp
     _cupy_or_skip()
+    from array_api_compat import cupy as xcp
     return xcp
 
 

@@ -1,0 +1,722 @@
+"""Gradient checks of every layer, the loss and the model, in float64 on host NumPy.
+
+- exhaustive central differences on tiny fixed cases (every element of the input and of every
+  parameter; rel_error < 1e-6);
+- directional checks on Hypothesis-drawn shapes, strides, paddings and seeds;
+- the fast convolution and max pooling against slow loop references (tests/reference.py),
+  max pooling also on inputs with ties;
+- the layer protocol (one backward per forward), BatchNorm's running statistics, state dicts;
+- an optional PyTorch oracle (skipped when torch is not installed).
+
+Kinks are kept out of the finite differences: in the layer checks ReLU inputs stay at least 0.1
+away from 0 and max-pool windows hold distinct values 0.1 apart, while the step is 1e-6; the
+whole-model checks record which side of every kink each forward pass saw and assert that no step
+crossed one (`WithLoss.assert_no_kink_crossed`).
+"""
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+from nn import functional as F
+from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
+from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, LeakyReLU, MaxPool2d,
+                       ReLU, Sigmoid, Tanh)
+from nn.model import Sequential, reference_cnn
+from nn.optim import SGD
+from reference import (conv2d_backward_loops, conv2d_forward_loops, max_pool2d_backward_loops,
+                       max_pool2d_forward_loops)
+
+EXHAUSTIVE_TOL = 1e-6
+seeds = st.integers(0, 2**32 - 1)
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+def away_from_zero(rng, shape):
+    """Random values with |x| >= 0.1: no ReLU kink within any finite-difference step."""
+    return rng.choice([-1.0, 1.0], size=shape) * (0.1 + np.abs(rng.standard_normal(shape)))
+
+
+def distinct(rng, shape):
+    """The values 0.1 * (k - size/2), k = 0..size-1, shuffled: any two differ by at least 0.1."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size).reshape(shape) - size / 2) * 0.1
+
+
+def conv(rng, c_in, c_out, k, stride=1, padding=0):
+    """A float64 Conv2d with a random (non-zero) bias."""
+    layer = as_float64(Conv2d(c_in, c_out, k, stride=stride, padding=padding, rng=rng))
+    layer.params["b"] = rng.standard_normal(c_out)
+    return layer
+
+
+def dense(rng, d_in, d_out):
+    layer = as_float64(Dense(d_in, d_out, rng=rng))
+    layer.params["b"] = rng.standard_normal(d_out)
+    return layer
+
+
+def batch_norm(cls, rng, C, train):
+    """A float64 BatchNorm with random gamma, beta and running statistics, in the given mode."""
+    layer = as_float64(cls(C))
+    randomize_batch_norm(layer, rng)
+    layer.training = train
+    return layer
+
+
+def randomize_batch_norm(layer, rng):
+    C = layer.params["gamma"].shape[0]
+    layer.params["gamma"] = rng.uniform(0.5, 2.0, C)
+    layer.params["beta"] = rng.standard_normal(C)
+    layer.buffers["running_mean"] = rng.standard_normal(C)
+    layer.buffers["running_var"] = rng.uniform(0.5, 2.0, C)
+
+
+def bn_input(rng, shape):
+    """Channels with non-zero mean and non-unit spread, so normalisation does something."""
+    C = shape[1]
+    scale = np.reshape(rng.uniform(0.5, 3.0, C), (1, C) + (1,) * (len(shape) - 2))
+    shift = np.reshape(rng.standard_normal(C), (1, C) + (1,) * (len(shape) - 2))
+    return rng.standard_normal(shape) * scale + shift
+
+
+def kink_pattern(x, layer):
+    """Which side of its kinks a ReLU or MaxPool2d input lies on (None for smooth layers).
+
+    ReLU: the sign mask; MaxPool2d: for every window offset, where the window's maximum is.
+    Finite differences are only valid while the pattern stays the same.
+    """
+    if isinstance(layer, ReLU):
+        return x > 0
+    if isinstance(layer, MaxPool2d):
+        out, _ = F.max_pool2d_forward(x, layer.kernel_size, layer.stride)
+        K, s, (OH, OW) = layer.kernel_size, layer.stride, out.shape[2:]
+        return np.stack([x[:, :, i:i + s * (OH - 1) + 1:s, j:j + s * (OW - 1) + 1:s] == out
+                         for i in range(K) for j in range(K)])
+    return None
+
+
+class WithLoss:
+    """A Sequential followed by softmax_cross_entropy, as a layer whose output is the 0-d loss.
+
+    Every forward appends the model's kink patterns to `patterns`, so a test can assert that no
+    finite-difference step crossed a ReLU or max-pool kink (which would invalidate the check).
+    """
+
+    def __init__(self, model, targets):
+        self.model, self.targets, self._dlogits, self.patterns = model, targets, None, []
+
+    @property
+    def params(self):
+        return self.model.params
+
+    def forward(self, x):
+        pattern = []
+        for layer in self.model.layers:  # model.forward, one layer at a time
+            pattern.append(kink_pattern(x, layer))
+            x = layer.forward(x)
+        self.patterns.append(pattern)
+        loss, self._dlogits = F.softmax_cross_entropy(x, self.targets)
+        return loss
+
+    def backward(self, dout):
+        return self.model.backward(dout * self._dlogits)
+
+    def assert_no_kink_crossed(self):
+        """Every forward so far saw the same kink pattern as the first one."""
+        first = self.patterns[0]
+        for k, pattern in enumerate(self.patterns[1:], 1):
+            for i, (a, b) in enumerate(zip(first, pattern)):
+                assert a is None or np.array_equal(a, b), (
+                    f"forward {k} crossed a kink of layer {i} ({self.model.layers[i]!r}): "
+                    "the finite differences are invalid here; choose another seed")
+
+
+class LossLayer:
+    """softmax_cross_entropy of the input logits as a parameter-free layer (0-d output)."""
+
+    def __init__(self, targets):
+        self.targets, self.params, self._dlogits = targets, {}, None
+
+    def forward(self, logits):
+        loss, self._dlogits = F.softmax_cross_entropy(logits, self.targets)
+        return loss
+
+    def backward(self, dout):
+        return dout * self._dlogits, {}
+
+
+def assert_directional(layer, x, seed, tol=1e-6, eps=1e-6):
+    """Numeric and analytic directional derivatives agree for the input and every parameter."""
+    result = directional_check(layer, x, seed=seed, eps=eps)
+    assert set(result) == {"x", *layer.params}
+    for name, (numeric, analytic) in result.items():
+        assert abs(numeric - analytic) <= tol * max(1.0, abs(numeric)), (name, numeric, analytic)
+
+
+# --- exhaustive checks on tiny fixed cases ---------------------------------------------------
+
+def normal(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def _case(seed, make_layer, make_x):
+    """A builder of (layer, x) from one seed: the same fixed case every time."""
+    def build():
+        rng = np.random.default_rng(seed)
+        layer = make_layer(rng)
+        return layer, make_x(rng)
+    return build
+
+
+EXHAUSTIVE_CASES = {
+    # Conv2d(in, out, k, stride, padding) on non-square inputs; "s2-p0" leaves the last row and
+    # column out of every window (their gradient is exactly zero).
+    "conv-k3-s1-p0": _case(1, lambda r: conv(r, 2, 3, 3), lambda r: normal(r, (2, 2, 5, 6))),
+    "conv-k3-s1-p1": _case(2, lambda r: conv(r, 2, 2, 3, 1, 1), lambda r: normal(r, (1, 2, 4, 5))),
+    "conv-k3-s2-p1": _case(3, lambda r: conv(r, 2, 3, 3, 2, 1), lambda r: normal(r, (2, 2, 5, 6))),
+    "conv-k2-s2-p0": _case(4, lambda r: conv(r, 1, 2, 2, 2, 0), lambda r: normal(r, (2, 1, 5, 7))),
+    "conv-k1-s1-p0": _case(5, lambda r: conv(r, 3, 2, 1), lambda r: normal(r, (2, 3, 3, 4))),
+    "maxpool-k2-s2": _case(6, lambda r: MaxPool2d(2), lambda r: distinct(r, (2, 2, 4, 6))),
+    "maxpool-k3-s2": _case(7, lambda r: MaxPool2d(3, 2), lambda r: distinct(r, (2, 2, 5, 7))),
+    "maxpool-k2-s1": _case(8, lambda r: MaxPool2d(2, 1), lambda r: distinct(r, (2, 2, 4, 5))),
+    "batchnorm2d-train": _case(9, lambda r: batch_norm(BatchNorm2d, r, 3, True),
+                               lambda r: bn_input(r, (2, 3, 3, 4))),
+    "batchnorm2d-eval": _case(10, lambda r: batch_norm(BatchNorm2d, r, 3, False),
+                              lambda r: bn_input(r, (2, 3, 3, 4))),
+    "batchnorm1d-train": _case(11, lambda r: batch_norm(BatchNorm1d, r, 4, True),
+                               lambda r: bn_input(r, (5, 4))),
+    "batchnorm1d-eval": _case(12, lambda r: batch_norm(BatchNorm1d, r, 4, False),
+                              lambda r: bn_input(r, (5, 4))),
+    "dense": _case(13, lambda r: dense(r, 5, 3), lambda r: normal(r, (4, 5))),
+    "relu": _case(14, lambda r: ReLU(), lambda r: away_from_zero(r, (2, 3, 4))),
+    "leaky_relu-0.01": _case(15, lambda r: LeakyReLU(), lambda r: away_from_zero(r, (2, 3, 4))),
+    "leaky_relu-0.2": _case(16, lambda r: LeakyReLU(0.2), lambda r: away_from_zero(r, (3, 5))),
+    "sigmoid": _case(17, lambda r: Sigmoid(), lambda r: 2 * r.standard_normal((3, 5))),
+    "tanh": _case(18, lambda r: Tanh(), lambda r: r.standard_normal((3, 5))),
+    "flatten": _case(19, lambda r: Flatten(), lambda r: normal(r, (2, 3, 2, 2))),
+}
+
+
+@pytest.mark.parametrize("name", EXHAUSTIVE_CASES)
+def test_exhaustive_layer_gradients(name):
+    layer, x = EXHAUSTIVE_CASES[name]()
+    errors = check_layer(layer, x)
+    assert set(errors) == {"x", *layer.params}
+    assert max(errors.values()) < EXHAUSTIVE_TOL, errors
+
+
+def test_exhaustive_checks_cover_every_parameter():
+    """Conv, Dense and BatchNorm cases check W, b / gamma, beta as well as x."""
+    expected = {"conv-k3-s1-p0": {"x", "W", "b"}, "dense": {"x", "W", "b"},
+                "batchnorm2d-train": {"x", "gamma", "beta"},
+                "batchnorm1d-eval": {"x", "gamma", "beta"}, "relu": {"x"}}
+    for name, names in expected.items():
+        layer, _ = EXHAUSTIVE_CASES[name]()
+        assert {"x", *layer.params} == names
+
+
+def test_softmax_cross_entropy_gradient_exhaustive():
+    rng = np.random.default_rng(20)
+    logits = rng.standard_normal((4, 5))
+    targets = np.array([0, 4, 2, 2])
+    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    assert loss.shape == ()
+    numeric = numerical_gradient(lambda: F.softmax_cross_entropy(logits, targets)[0], logits, 1.0)
+    assert rel_error(numeric, dlogits) < EXHAUSTIVE_TOL
+
+
+def direct_cross_entropy(logits, targets):
+    """-mean log(exp(z_t) / sum_k exp(z_k)), written out (fine for moderate logits only)."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z) / np.sum(np.exp(z), axis=1, keepdims=True)
+    return -np.mean(np.log(p[np.arange(len(targets)), targets]))
+
+
+@given(n=st.integers(1, 6), k=st.integers(2, 10), scale=st.sampled_from([0.1, 1.0, 5.0, 20.0]),
+       seed=seeds)
+def test_softmax_cross_entropy_value_matches_direct_formula(n, k, scale, seed):
+    rng = np.random.default_rng(seed)
+    logits = scale * rng.standard_normal((n, k))
+    targets = rng.integers(0, k, n)
+    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    np.testing.assert_allclose(float(loss), direct_cross_entropy(logits, targets),
+                               rtol=1e-10, atol=1e-12)
+    # the gradient rows of softmax - onehot sum to zero
+    np.testing.assert_allclose(np.sum(dlogits, axis=1), 0.0, atol=1e-12)
+
+
+def test_softmax_cross_entropy_huge_logits_stay_finite():
+    logits = np.array([[1e4, 0.0, -1e4],    # confident and right: loss 0
+                       [0.0, 1e4, 1e4],     # confident and wrong: loss 1e4 + log 2
+                       [-1e4, -1e4, -1e4]])  # uniform: loss log 3
+    targets = np.array([0, 0, 2])
+    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
+    np.testing.assert_allclose(float(loss), (0.0 + 1e4 + np.log(2) + np.log(3)) / 3, rtol=1e-12)
+    expected = np.array([[0.0, 0.0, 0.0], [-1.0, 0.5, 0.5], [1 / 3, 1 / 3, -2 / 3]]) / 3
+    np.testing.assert_allclose(dlogits, expected, atol=1e-12)
+    # float32 stays finite too
+    loss32, d32 = F.softmax_cross_entropy(logits.astype(np.float32), targets)
+    assert loss32.dtype == np.float32 and np.isfinite(loss32) and np.all(np.isfinite(d32))
+
+
+# --- directional checks on drawn shapes ------------------------------------------------------
+
+@st.composite
+def conv_cases(draw):
+    """(N, C, H, W, F, K, stride, padding): H and W let at least one window fit."""
+    K, stride, padding = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    low = max(1, K - 2 * padding)
+    H, W = draw(st.integers(low, low + 5)), draw(st.integers(low, low + 5))
+    N, C, Fo = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return N, C, H, W, Fo, K, stride, padding
+
+
+@st.composite
+def pool_cases(draw):
+    """(N, C, H, W, K, stride) with H, W >= K; stride may be below, equal or above K."""
+    K, stride = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(K, K + 5)), draw(st.integers(K, K + 5))
+    return draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W, K, stride
+
+
+@given(case=conv_cases(), seed=seeds)
+def test_conv2d_directional(case, seed):
+    N, C, H, W, Fo, K, stride, padding = case
+    rng = np.random.default_rng(seed)
+    layer = conv(rng, C, Fo, K, stride, padding)
+    assert_directional(layer, rng.standard_normal((N, C, H, W)), seed)
+
+
+@given(case=pool_cases(), seed=seeds)
+def test_max_pool2d_directional(case, seed):
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(seed)
+    assert_directional(MaxPool2d(K, stride), distinct(rng, (N, C, H, W)), seed)
+
+
+@given(two_d=st.booleans(), train=st.booleans(), N=st.integers(2, 4), C=st.integers(1, 3),
+       H=st.integers(1, 3), W=st.integers(1, 3), seed=seeds)
+def test_batch_norm_directional(two_d, train, N, C, H, W, seed):
+    rng = np.random.default_rng(seed)
+    shape = (N, C, H, W) if two_d else (N, C)
+    x = bn_input(rng, shape)
+    axes = (0, 2, 3) if two_d else (0,)
+    # a near-constant channel makes 1/sqrt(var + eps) huge and the differences ill-conditioned
+    assume(not train or np.min(np.var(x, axis=axes)) > 1e-2)
+    layer = batch_norm(BatchNorm2d if two_d else BatchNorm1d, rng, C, train)
+    assert_directional(layer, x, seed)
+
+
+@given(N=st.integers(1, 4), D=st.integers(1, 6), M=st.integers(1, 6), seed=seeds)
+def test_dense_directional(N, D, M, seed):
+    rng = np.random.default_rng(seed)
+    assert_directional(dense(rng, D, M), rng.standard_normal((N, D)), seed)
+
+
+ELEMENTWISE = {
+    "relu": (ReLU, away_from_zero),
+    "leaky_relu": (lambda: LeakyReLU(0.1), away_from_zero),
+    "sigmoid": (Sigmoid, lambda rng, shape: 4 * rng.standard_normal(shape)),
+    "tanh": (Tanh, lambda rng, shape: 2 * rng.standard_normal(shape)),
+    "flatten": (Flatten, lambda rng, shape: rng.standard_normal(shape)),
+}
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+@given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=4), seed=seeds)
+def test_elementwise_directional(name, shape, seed):
+    make_layer, make_x = ELEMENTWISE[name]
+    assert_directional(make_layer(), make_x(np.random.default_rng(seed), tuple(shape)), seed)
+
+
+@given(N=st.integers(1, 6), K=st.integers(2, 10),
+       scale=st.sampled_from([0.1, 1.0, 10.0, 100.0]), seed=seeds)
+def test_softmax_cross_entropy_directional(N, K, scale, seed):
+    rng = np.random.default_rng(seed)
+    layer = LossLayer(rng.integers(0, K, N))
+    assert_directional(layer, scale * rng.standard_normal((N, K)), seed)
+
+
+# --- whole models ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_reference_cnn_directional_through_loss(train):
+    """d loss / d input and d loss / d every parameter of the exercise's CNN, in float64.
+
+    With about 50,000 ReLU and max-pool units, a step of 1e-6 along a direction that moves all
+    of them crosses some kink for roughly one seed in ten, so the step here is 1e-7 and the test
+    asserts that no kink was crossed (seeds are fixed: the test is deterministic).
+    """
+    rng = np.random.default_rng(21)
+    model = as_float64(reference_cnn(batch_norm=True, rng=rng))
+    for layer in model.layers:
+        if isinstance(layer, BatchNorm2d):
+            randomize_batch_norm(layer, rng)
+    model.train() if train else model.eval()
+    x = rng.random((2, 1, 28, 28))
+    wrapped = WithLoss(model, np.array([3, 7]))
+    assert set(wrapped.params) == {"0.W", "0.b", "1.gamma", "1.beta", "4.W", "4.b",
+                                   "5.gamma", "5.beta", "9.W", "9.b"}
+    assert_directional(wrapped, x, seed=22, eps=1e-7)
+    assert len(wrapped.patterns) == 1 + 2 * 11
+    wrapped.assert_no_kink_crossed()
+
+
+def small_model(rng):
+    """Conv2d(pad 1) -> BatchNorm2d -> MaxPool2d -> ReLU -> Flatten -> Dense on 1x6x8 images."""
+    return Sequential(conv(rng, 1, 2, 3, 1, 1), batch_norm(BatchNorm2d, rng, 2, True),
+                      MaxPool2d(2), ReLU(), Flatten(), dense(rng, 2 * 3 * 4, 3))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_small_model_exhaustive_through_loss(train):
+    rng = np.random.default_rng(23)
+    model = small_model(rng)
+    model.train() if train else model.eval()
+    x = rng.standard_normal((2, 1, 6, 8))
+    wrapped = WithLoss(model, np.array([0, 2]))
+    errors = check_layer(wrapped, x)
+    wrapped.assert_no_kink_crossed()
+    assert set(errors) == {"x", "0.W", "0.b", "1.gamma", "1.beta", "5.W", "5.b"}
+    if train:
+        # BatchNorm subtracts the batch mean, so the conv bias before it has no effect at all:
+        # its gradient is 0 and a relative error means nothing. Check it is 0 on both sides.
+        del errors["0.b"]
+        wrapped.forward(x)
+        _, grads = wrapped.backward(1.0)
+        numeric = numerical_gradient(lambda: wrapped.forward(x), model.params["0.b"], 1.0)
+        assert np.max(np.abs(grads["0.b"])) < 1e-12 and np.max(np.abs(numeric)) < 1e-8
+    assert max(errors.values()) < EXHAUSTIVE_TOL, errors
+
+
+# --- loop references -------------------------------------------------------------------------
+
+@given(case=conv_cases(), seed=seeds)
+def test_conv2d_matches_loop_reference(case, seed):
+    N, C, H, W, Fo, K, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
+               rng.standard_normal(Fo))
+    out, cache = F.conv2d_forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(out, conv2d_forward_loops(x, w, b, stride, padding),
+                               rtol=1e-10, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for fast, slow in zip(F.conv2d_backward(dout, cache),
+                          conv2d_backward_loops(dout, x, w, stride, padding)):
+        assert fast.shape == slow.shape
+        np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+def tied_input(rng, shape, levels):
+    """Integer-valued floats with only `levels` distinct values, plus one all-zero region."""
+    x = rng.integers(0, levels, shape).astype(np.float64)
+    x[0, 0, :3, :3] = 0.0  # all-zero windows wherever a window falls inside this corner
+    return x
+
+
+@given(case=pool_cases(), levels=st.integers(1, 3), seed=seeds)
+def test_max_pool2d_matches_loop_reference_with_ties(case, levels, seed):
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(seed)
+    x = tied_input(rng, (N, C, H, W), levels)
+    out, cache = F.max_pool2d_forward(x, K, stride)
+    np.testing.assert_array_equal(out, max_pool2d_forward_loops(x, K, stride))
+    dout = rng.standard_normal(out.shape)
+    dx = F.max_pool2d_backward(dout, cache)
+    np.testing.assert_allclose(dx, max_pool2d_backward_loops(dout, x, K, stride),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.sum(dx), np.sum(dout), rtol=1e-10, atol=1e-10)
+
+
+@given(case=pool_cases(), levels=st.integers(1, 3), seed=seeds)
+def test_max_pool2d_each_window_sends_its_gradient_to_one_first_maximum(case, levels, seed):
+    """dout one-hot on a window: dx is one-hot at that window's first maximum, same mass."""
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(seed)
+    x = tied_input(rng, (N, C, H, W), levels)
+    out, cache = F.max_pool2d_forward(x, K, stride)
+    for index in np.ndindex(*out.shape):
+        n, c, oh, ow = index
+        dout = np.zeros(out.shape)
+        dout[index] = 2.5
+        dx = F.max_pool2d_backward(dout, cache)
+        (hits,) = np.nonzero(dx.ravel())
+        assert len(hits) == 1 and dx.ravel()[hits[0]] == 2.5
+        _, _, r, s = np.unravel_index(hits[0], dx.shape)
+        window = x[n, c, oh * stride:oh * stride + K, ow * stride:ow * stride + K]
+        first = np.argmax(window)  # NumPy's argmax is the first maximum in row-major order
+        assert (r - oh * stride, s - ow * stride) == np.unravel_index(first, window.shape)
+
+
+def test_max_pool2d_all_zero_input_takes_top_left_of_each_window():
+    x = np.zeros((1, 1, 4, 4))
+    out, cache = F.max_pool2d_forward(x, 2, 2)
+    dx = F.max_pool2d_backward(np.ones(out.shape), cache)
+    expected = np.zeros((4, 4))
+    expected[::2, ::2] = 1.0
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+# --- the layer protocol ----------------------------------------------------------------------
+
+PROTOCOL_LAYERS = {
+    "conv": (lambda: Conv2d(2, 3, 3, rng=np.random.default_rng(0)), (2, 2, 5, 5)),
+    "maxpool": (lambda: MaxPool2d(2), (2, 2, 4, 4)),
+    "batchnorm2d": (lambda: BatchNorm2d(2), (2, 2, 3, 3)),
+    "batchnorm1d": (lambda: BatchNorm1d(3), (4, 3)),
+    "dense": (lambda: Dense(4, 3, rng=np.random.default_rng(0)), (2, 4)),
+    "relu": (ReLU, (2, 3)),
+    "leaky_relu": (LeakyReLU, (2, 3)),
+    "sigmoid": (Sigmoid, (2, 3)),
+    "tanh": (Tanh, (2, 3)),
+    "flatten": (Flatten, (2, 3, 2)),
+    "sequential": (lambda: small_model(np.random.default_rng(0)), (2, 1, 6, 8)),
+}
+
+
+@pytest.mark.parametrize("name", PROTOCOL_LAYERS)
+def test_backward_needs_its_own_forward(name):
+    make_layer, shape = PROTOCOL_LAYERS[name]
+    layer = make_layer()
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    dout = np.ones_like(make_layer().forward(x))  # shaped like the output, from another instance
+    with pytest.raises(RuntimeError):
+        layer.backward(dout)
+    out = layer.forward(x)
+    dx, grads = layer.backward(dout)
+    assert dx.shape == x.shape
+    assert set(grads) == set(layer.params)
+    for k, g in grads.items():
+        assert g.shape == layer.params[k].shape
+    with pytest.raises(RuntimeError):
+        layer.backward(dout)
+
+
+# --- BatchNorm statistics and state dicts ----------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(5, 3), (4, 3, 2, 3)], ids=["1d", "2d"])
+def test_batch_norm_running_statistics_follow_pytorch(shape):
+    rng = np.random.default_rng(30)
+    layer = batch_norm(BatchNorm1d if len(shape) == 2 else BatchNorm2d, rng, 3, True)
+    old_mean, old_var = layer.buffers["running_mean"].copy(), layer.buffers["running_var"].copy()
+    x = bn_input(rng, shape)
+    axes = (0,) if len(shape) == 2 else (0, 2, 3)
+    out = layer.forward(x)
+    np.testing.assert_allclose(layer.buffers["running_mean"],
+                               0.9 * old_mean + 0.1 * np.mean(x, axis=axes), rtol=1e-12)
+    m = x.size // x.shape[1]
+    unbiased = np.var(x, axis=axes) * m / (m - 1)
+    np.testing.assert_allclose(layer.buffers["running_var"], 0.9 * old_var + 0.1 * unbiased,
+                               rtol=1e-12)
+    # the batch is normalised with its biased variance and eps = 1e-5
+    bshape = (1, 3) + (1,) * (len(shape) - 2)
+    xhat = (x - np.mean(x, axis=axes).reshape(bshape)) / np.sqrt(
+        np.var(x, axis=axes).reshape(bshape) + 1e-5)
+    np.testing.assert_allclose(out, layer.params["gamma"].reshape(bshape) * xhat
+                               + layer.params["beta"].reshape(bshape), rtol=1e-10, atol=1e-12)
+
+    # eval: running statistics used and left exactly as they were
+    layer.training = False
+    mean, var = layer.buffers["running_mean"].copy(), layer.buffers["running_var"].copy()
+    x2 = bn_input(rng, shape)
+    out2 = layer.forward(x2)
+    expected = (layer.params["gamma"].reshape(bshape) * (x2 - mean.reshape(bshape))
+                / np.sqrt(var.reshape(bshape) + 1e-5) + layer.params["beta"].reshape(bshape))
+    np.testing.assert_allclose(out2, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(layer.buffers["running_mean"], mean)
+    np.testing.assert_array_equal(layer.buffers["running_var"], var)
+    layer.backward(np.ones_like(out2))
+    np.testing.assert_array_equal(layer.buffers["running_var"], var)
+
+
+def test_model_eval_forward_is_per_sample_and_leaves_buffers():
+    """In eval mode an image's output does not depend on the rest of its batch."""
+    rng = np.random.default_rng(31)
+    model = as_float64(reference_cnn(batch_norm=True, rng=rng))
+    x = rng.random((3, 1, 28, 28))
+    model.train().forward(x)  # give the running statistics values of its own
+    before = model.state_dict()
+    model.eval()
+    together = model.forward(x)
+    alone = np.concatenate([model.forward(x[i:i + 1]) for i in range(3)])
+    np.testing.assert_allclose(together, alone, rtol=1e-10, atol=1e-12)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_state_dict_round_trip_includes_buffers():
+    a = reference_cnn(batch_norm=True, rng=np.random.default_rng(1))
+    x = np.random.default_rng(2).random((4, 1, 28, 28)).astype(np.float32)
+    a.forward(x)  # moves the running statistics away from 0 and 1
+    state = a.state_dict()
+    assert set(state) == set(a.params) | set(a.buffers)
+    assert {"1.running_mean", "1.running_var", "5.running_mean", "5.running_var"} <= set(state)
+    assert not np.allclose(state["1.running_mean"], 0.0)
+
+    b = reference_cnn(batch_norm=True, rng=np.random.default_rng(99))
+    assert not np.array_equal(b.state_dict()["0.W"], state["0.W"])
+    b.load_state_dict(state)
+    for key, value in b.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+    np.testing.assert_array_equal(b.eval().forward(x), a.eval().forward(x))
+
+    # the state holds copies: changing the model afterwards leaves it alone
+    a.params["0.W"][...] = 0.0
+    assert not np.all(state["0.W"] == 0.0)
+
+
+def test_models_loaded_from_one_state_do_not_share_parameters():
+    state = reference_cnn(batch_norm=True, rng=np.random.default_rng(1)).state_dict()
+    a = reference_cnn(batch_norm=True, rng=np.random.default_rng(2))
+    b = reference_cnn(batch_norm=True, rng=np.random.default_rng(3))
+    a.load_state_dict(state)
+    b.load_state_dict(state)
+    x = np.random.default_rng(4).random((2, 1, 28, 28)).astype(np.float32)
+    logits = a.forward(x)
+    _, dlogits = F.softmax_cross_entropy(logits, np.array([1, 2]))
+    _, grads = a.backward(dlogits)
+    saved = {k: v.copy() for k, v in state.items()}
+    SGD(lr=0.1).step(a.params, grads)  # trains a only
+    for key, value in b.state_dict().items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+    for key, value in state.items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected", "shape"])
+def test_load_state_dict_rejects_mismatched_state(change):
+    model = reference_cnn(batch_norm=True, rng=np.random.default_rng(1))
+    before = model.state_dict()
+    state = reference_cnn(batch_norm=True, rng=np.random.default_rng(2)).state_dict()
+    if change == "missing":
+        del state["5.running_var"]
+    elif change == "unexpected":
+        state["10.W"] = np.zeros(3, dtype=np.float32)
+    else:
+        state["9.W"] = np.zeros((10, 1024), dtype=np.float32)
+    with pytest.raises(ValueError):
+        model.load_state_dict(state)
+    for key, value in model.state_dict().items():  # nothing was half-loaded
+        np.testing.assert_array_equal(value, before[key])
+
+
+# --- PyTorch oracle (optional) ---------------------------------------------------------------
+
+def to_torch(model):
+    """An equivalent float64 torch.nn.Sequential holding copies of the model's weights."""
+    torch = pytest.importorskip("torch")
+    tnn = torch.nn
+
+    def tensor(a):
+        return torch.tensor(np.asarray(a, dtype=np.float64))
+
+    modules = []
+    for layer in model.layers:
+        if isinstance(layer, Conv2d):
+            Fo, C, K, _ = layer.params["W"].shape
+            m = tnn.Conv2d(C, Fo, K, stride=layer.stride, padding=layer.padding,
+                           dtype=torch.float64)
+            m.weight.data, m.bias.data = tensor(layer.params["W"]), tensor(layer.params["b"])
+        elif isinstance(layer, (BatchNorm2d, BatchNorm1d)):
+            cls = tnn.BatchNorm2d if isinstance(layer, BatchNorm2d) else tnn.BatchNorm1d
+            m = cls(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum,
+                    dtype=torch.float64)
+            m.weight.data, m.bias.data = tensor(layer.params["gamma"]), tensor(layer.params["beta"])
+            m.running_mean.data = tensor(layer.buffers["running_mean"])
+            m.running_var.data = tensor(layer.buffers["running_var"])
+        elif isinstance(layer, MaxPool2d):
+            m = tnn.MaxPool2d(layer.kernel_size, layer.stride)
+        elif isinstance(layer, ReLU):
+            m = tnn.ReLU()
+        elif isinstance(layer, Flatten):
+            m = tnn.Flatten()
+        elif isinstance(layer, Dense):
+            D, M = layer.params["W"].shape
+            m = tnn.Linear(D, M, dtype=torch.float64)
+            m.weight.data = tensor(layer.params["W"].T)  # Dense W is (in, out), Linear (out, in)
+            m.bias.data = tensor(layer.params["b"])
+        else:
+            raise TypeError(f"no torch equivalent for {layer!r}")
+        modules.append(m)
+    return tnn.Sequential(*modules)
+
+
+TORCH_NAMES = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_reference_cnn_matches_pytorch(train):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(40)
+    model = as_float64(reference_cnn(batch_norm=True, rng=rng))
+    for layer in model.layers:
+        if isinstance(layer, BatchNorm2d):
+            randomize_batch_norm(layer, rng)
+    for layer in model.layers:
+        if "b" in layer.params:
+            layer.params["b"] = 0.1 * rng.standard_normal(layer.params["b"].shape)
+    net = to_torch(model)
+    model.train() if train else model.eval()
+    net.train(train)
+
+    x = rng.random((4, 1, 28, 28))
+    targets = np.array([1, 0, 9, 4])
+    logits = model.forward(x)
+    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    dx, grads = model.backward(dlogits)
+
+    xt = torch.tensor(x, requires_grad=True)
+    logits_t = net(xt)
+    loss_t = torch.nn.functional.cross_entropy(logits_t, torch.tensor(targets))
+    loss_t.backward()
+
+    close = dict(rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), **close)
+    np.testing.assert_allclose(float(loss), loss_t.item(), **close)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **close)
+    assert set(grads) == set(model.params)
+    for key, g in grads.items():
+        i, name = key.split(".")
+        g_t = getattr(net[int(i)], TORCH_NAMES[name]).grad.numpy()
+        if isinstance(model.layers[int(i)], Dense) and name == "W":
+            g_t = g_t.T
+        np.testing.assert_allclose(g, g_t, err_msg=key, **close)
+    for key, value in model.buffers.items():  # updated in train mode, unchanged in eval mode
+        i, name = key.split(".")
+        np.testing.assert_allclose(value, getattr(net[int(i)], name).numpy(), err_msg=key,
+                                   **close)
+
+
+@given(case=conv_cases(), seed=seeds)
+def test_conv2d_matches_pytorch(case, seed):
+    torch = pytest.importorskip("torch")
+    N, C, H, W, Fo, K, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
+               rng.standard_normal(Fo))
+    out, cache = F.conv2d_forward(x, w, b, stride, padding)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = F.conv2d_backward(dout, cache)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    out_t = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=padding)
+    out_t.backward(torch.tensor(dout))
+    for ours, theirs in [(out, out_t.detach()), (dx, xt.grad), (dw, wt.grad), (db, bt.grad)]:
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@given(case=pool_cases(), levels=st.integers(1, 3), seed=seeds)
+def test_max_pool2d_ties_match_pytorch(case, levels, seed):
+    torch = pytest.importorskip("torch")
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(seed)
+    x = tied_input(rng, (N, C, H, W), levels)
+    out, cache = F.max_pool2d_forward(x, K, stride)
+    dout = rng.standard_normal(out.shape)
+    dx = F.max_pool2d_backward(dout, cache)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = torch.nn.functional.max_pool2d(xt, K, stride)
+    out_t.backward(torch.tensor(dout))
+    np.testing.assert_array_equal(out, out_t.detach().numpy())
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
