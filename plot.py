@@ -33,7 +33,13 @@ def read_metrics(run_dir):
         rows = list(csv.DictReader(f))
     if not rows:
         raise RunError(f"{path} has no epochs yet")
-    return {k: [float(r[k]) for r in rows] for k in rows[0]}
+    try:
+        columns = {k: [float(r[k]) for r in rows] for k in rows[0]}
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"{path} is damaged: {exc}") from None
+    if "epoch" not in columns:
+        raise RunError(f"{path} has no epoch column")
+    return columns
 
 
 def run_label(run_dir):
@@ -47,9 +53,10 @@ def run_label(run_dir):
 
 def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
     """Draw clean / FGS / FGV accuracy (in %) over epochs for each run into out_path (PNG)."""
+    metrics = [read_metrics(run) for run in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, run in enumerate(run_dirs):
-        m, colour = read_metrics(run), f"C{i}"
+    for i, (run, m) in enumerate(zip(run_dirs, metrics)):
+        colour = f"C{i}"
         for key, name, style in CURVES:
             if key in m:
                 ax.plot(m["epoch"], [100 * v for v in m[key]], style, color=colour, marker=".",

@@ -21,7 +21,7 @@ from attacks import adversarial_step, default_attacks, evaluate, noise_step, sta
 from attacks.evaluate import batch_slices
 from data.mnist import MNISTError, load_mnist
 from nn import SGD, reference_cnn
-from nn.backend import DeviceError, namespace_for, to_device
+from nn.backend import DeviceError, namespace_for, to_device, xp_of
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plot import RunError, plot_runs
 
@@ -30,14 +30,21 @@ RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alph
                 "noise_alpha", "seed", "train_limit", "test_limit")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
-    return value
+def _int_at_least(minimum):
+    wanted = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _float_in(low, high, low_open=False, high_open=False):
@@ -69,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--fgv-alpha", type=_float_in(0, 1), default=0.6, help="FGV step for evaluation")
     p.add_argument("--noise-alpha", type=_float_in(0, 1), default=0.3,
                    help="size of the random sign noise in --mode noise")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--out", type=Path, help="run folder (default: runs/<mode>[-bn]-seed<seed>)")
     p.add_argument("--train-limit", type=_positive_int, help="use the first N training images")
     p.add_argument("--test-limit", type=_positive_int, help="use the first N test images")
@@ -109,14 +116,19 @@ def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc):
               disable=not sys.stderr.isatty()) as bar:
         for s in batch_slices(len(order), batch_size):
             idx = order[s]
-            loss = float(step(model, optimizer, to_device(images[idx], like),
-                              to_device(labels[idx], like)))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                # a diverging step overflows inside the model: the check below says so once
+                loss = float(step(model, optimizer, to_device(images[idx], like),
+                                  to_device(labels[idx], like)))
             if not math.isfinite(loss):
                 raise TrainingError(f"the training loss became {loss} in {desc}, batch "
                                     f"{s.start // batch_size + 1}; try a smaller --lr")
             total, seen = total + loss * len(idx), seen + len(idx)
             bar.update(len(idx))
             bar.set_postfix(loss=f"{total / seen:.4f}")
+    xp = xp_of(like)  # the loss is checked before each update: check the last update too
+    if not all(bool(xp.all(xp.isfinite(p))) for p in model.params.values()):
+        raise TrainingError(f"the weights became infinite or NaN in {desc}; try a smaller --lr")
     return total / seen
 
 
@@ -177,7 +189,10 @@ def run(args):
     model = reference_cnn(batch_norm=args.bn, rng=rng).to(xp)
     optimizer = SGD(args.lr, momentum=args.momentum)
     start, history = restore(ckpt, settings, model, optimizer, rng) if args.resume else (0, [])
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create the run folder {args.out}: {exc.strerror}") from None
     (args.out / "settings.json").write_text(json.dumps(
         {**vars(args), "out": str(args.out), "data_dir": args.data_dir and str(args.data_dir)},
         indent=2) + "\n")
