@@ -20,15 +20,16 @@ class Pass(NamedTuple):
     grads: dict
 
 
-def loss_and_gradients(model, x, t):
+def loss_and_gradients(model, x, t, input_grad=True):
     """One forward and one backward pass of the mean cross-entropy: a `Pass`.
 
-    x (N, C, H, W) float, t (N,) integer labels. dx = dL/dx, grads = {param name: dL/dparam}.
-    The model runs in whatever mode it is in (training uses this in train mode).
+    x (N, C, H, W) float, t (N,) integer labels. dx = dL/dx (None if not input_grad),
+    grads = {param name: dL/dparam}. The model runs in whatever mode it is in (training uses
+    this in train mode).
     """
     logits = model.forward(x)
     loss, dlogits = softmax_cross_entropy(logits, t)
-    dx, grads = model.backward(dlogits)
+    dx, grads = model.backward(dlogits, input_grad=input_grad)
     return Pass(loss, logits, dx, grads)
 
 

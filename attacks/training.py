@@ -6,7 +6,7 @@ from .gradient import fgs_step, loss_and_gradients, sign_noise
 
 def standard_step(model, optimizer, x, t):
     """Train on the clean batch x (N, C, H, W), t (N,); returns the batch loss (0-d array)."""
-    p = loss_and_gradients(model, x, t)
+    p = loss_and_gradients(model, x, t, input_grad=False)
     optimizer.step(model.params, p.grads)
     return p.loss
 
@@ -27,7 +27,7 @@ def adversarial_step(model, optimizer, x, t, alpha):
     """
     clean = loss_and_gradients(model, x, t)
     x_fgs = fgs_step(x, clean.dx, alpha)
-    adv = loss_and_gradients(model, x_fgs, t)
+    adv = loss_and_gradients(model, x_fgs, t, input_grad=False)
     total = add_grads(clean.grads, adv.grads)
     optimizer.step(model.params, total)
     return clean.loss + adv.loss

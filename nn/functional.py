@@ -96,11 +96,11 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     return out, (x.shape, cols, w, stride, padding)
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, input_grad=True):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
 
     With W2 = w as (F, C*KH*KW) and D = dout as (F, OH*OW*N): dw = D @ cols^T, db = the sum of
-    D over its columns, and dx = col2im(W2^T @ D).
+    D over its columns, and dx = col2im(W2^T @ D) (None when not input_grad).
     """
     xp = xp_of(dout)
     x_shape, cols, w, stride, padding = cache
@@ -109,6 +109,8 @@ def conv2d_backward(dout, cache):
     dw = xp.reshape((cols @ d2.T).T, w.shape)  # (D cols^T) computed as (cols D^T)^T: BLAS is
                                                # much faster with the long axis inside both
     db = xp.sum(d2, axis=1)
+    if not input_grad:
+        return None, dw, db
     dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
     return dx, dw, db
 
@@ -160,52 +162,86 @@ def max_pool2d_backward(dout, cache):
 
 
 # --- batch normalisation -----------------------------------------------------------------------
+# BatchNorm works on x as a (C, M) matrix, one row per channel holding its M = N*H*W values.
+# For a convolution's output (batch innermost in memory, see above) that matrix is a view, and
+# every statistic is a fast reduction along contiguous rows.
+
+def _channel_rows(x):
+    """x (N, C) or (N, C, H, W) -> (C, M)."""
+    xp = xp_of(x)
+    if x.ndim == 2:
+        return x.T
+    return xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (x.shape[1], -1))
+
+
+def _from_channel_rows(rows, shape):
+    """Inverse of _channel_rows: (C, M) -> shape (N, C) or (N, C, H, W)."""
+    xp = xp_of(rows)
+    if len(shape) == 2:
+        return rows.T
+    N, C, H, W = shape
+    return xp.permute_dims(xp.reshape(rows, (C, H, W, N)), (3, 0, 1, 2))
+
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
                        momentum=0.1, eps=1e-5):
     """Normalise each channel (axis 1) of x (N, C) or (N, C, H, W), then scale and shift.
 
-    train=True uses the batch's mean and biased variance and also returns the updated running
-    statistics (the running variance takes the unbiased batch variance, as in PyTorch);
-    train=False uses the running statistics and returns them unchanged.
+    out = gamma * xhat + beta with xhat = (x - mean) / sqrt(var + eps). train=True uses the
+    batch's mean and biased variance and also returns the updated running statistics (the
+    running variance takes the unbiased batch variance, as in PyTorch); train=False uses the
+    running statistics and returns them unchanged.
     gamma, beta, running_mean, running_var (C,) -> out like x, cache, (running_mean, running_var).
     """
     xp = xp_of(x)
-    axes = (0,) if x.ndim == 2 else (0, 2, 3)
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    x2 = _channel_rows(x)
+    C, m = x2.shape
     if train:
-        mean = xp.mean(x, axis=axes)
-        centred = x - xp.reshape(mean, shape)
-        var = xp.mean(centred * centred, axis=axes)
-        m = x.size // x.shape[1]
+        mean = xp.mean(x2, axis=1)
+        centred = x2 - xp.reshape(mean, (C, 1))
+        var = xp.mean(centred * centred, axis=1)
         unbiased = var * (m / (m - 1)) if m > 1 else var
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * unbiased
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        xhat = centred * xp.reshape(inv_std, (C, 1))
+        out = xhat * xp.reshape(gamma, (C, 1)) + xp.reshape(beta, (C, 1))
+        cache = (xhat, inv_std, gamma, x.shape)
     else:
-        var = running_var
-        centred = x - xp.reshape(running_mean, shape)
-    inv_std = xp.reshape(1.0 / xp.sqrt(var + eps), shape)
-    xhat = centred * inv_std
-    out = xp.reshape(gamma, shape) * xhat + xp.reshape(beta, shape)
-    return out, (xhat, inv_std, gamma, axes, shape, train), (running_mean, running_var)
+        # fixed statistics: one scale and one shift per channel
+        inv_std = 1.0 / xp.sqrt(running_var + eps)
+        scale = gamma * inv_std
+        out = x2 * xp.reshape(scale, (C, 1)) + xp.reshape(beta - running_mean * scale, (C, 1))
+        cache = (x2, running_mean, inv_std, gamma, x.shape)
+    return _from_channel_rows(out, x.shape), cache, (running_mean, running_var)
 
 
-def batch_norm_backward(dout, cache):
+def batch_norm_backward(dout, cache, input_grad=True):
     """dout like x -> dx, dgamma (C,), dbeta (C,).
 
-    train: dx = gamma * inv_std / m * (m * dout - sum(dout) - xhat * sum(dout * xhat)), sums over
-    the m values of each channel; eval (fixed statistics): dx = gamma * inv_std * dout.
+    dbeta = sum(dout), dgamma = sum(dout * xhat), sums over the m values of each channel.
+    train: dx = gamma * inv_std / m * (m * dout - dbeta - xhat * dgamma);
+    eval (fixed statistics): dx = gamma * inv_std * dout. dx is None when not input_grad.
     """
     xp = xp_of(dout)
-    xhat, inv_std, gamma, axes, shape, train = cache
-    dbeta = xp.sum(dout, axis=axes)
-    dgamma = xp.sum(dout * xhat, axis=axes)
-    scale = xp.reshape(gamma, shape) * inv_std
-    if not train:
-        return dout * scale, dgamma, dbeta
-    m = dout.size // dout.shape[1]
-    dx = (scale / m) * (m * dout - xp.reshape(dbeta, shape) - xhat * xp.reshape(dgamma, shape))
-    return dx, dgamma, dbeta
+    d2 = _channel_rows(dout)
+    C, m = d2.shape
+    dbeta = xp.sum(d2, axis=1)
+    if len(cache) == 5:  # eval
+        x2, mean, inv_std, gamma, shape = cache
+        dgamma = xp.sum(d2 * (x2 - xp.reshape(mean, (C, 1))), axis=1) * inv_std
+        if not input_grad:
+            return None, dgamma, dbeta
+        dx = d2 * xp.reshape(gamma * inv_std, (C, 1))
+        return _from_channel_rows(dx, shape), dgamma, dbeta
+    xhat, inv_std, gamma, shape = cache
+    dgamma = xp.sum(d2 * xhat, axis=1)
+    if not input_grad:
+        return None, dgamma, dbeta
+    scale = gamma * inv_std
+    dx = (d2 * xp.reshape(scale, (C, 1)) - xp.reshape(scale * dbeta / m, (C, 1))
+          - xhat * xp.reshape(scale * dgamma / m, (C, 1)))
+    return _from_channel_rows(dx, shape), dgamma, dbeta
 
 
 # --- dense and element-wise ------------------------------------------------------------------
@@ -215,11 +251,11 @@ def dense_forward(x, w, b):
     return x @ w + b, (x, w)
 
 
-def dense_backward(dout, cache):
-    """dout (N, M) -> dx = dout @ w^T (N, D), dw = x^T @ dout (D, M), db = sum_n dout (M,)."""
+def dense_backward(dout, cache, input_grad=True):
+    """dout (N, M) -> dx = dout @ w^T (N, D) or None, dw = x^T @ dout (D, M), db = sum_n dout (M,)."""
     xp = xp_of(dout)
     x, w = cache
-    return dout @ w.T, x.T @ dout, xp.sum(dout, axis=0)
+    return (dout @ w.T if input_grad else None), x.T @ dout, xp.sum(dout, axis=0)
 
 
 def relu_forward(x):

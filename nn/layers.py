@@ -3,6 +3,7 @@
 Protocol of every layer:
     out = layer.forward(x)            remembers what its backward needs
     dx, grads = layer.backward(dout)  grads has the keys of layer.params; uses up the cache
+    _, grads = layer.backward(dout, input_grad=False)   skips dx (None): the first layer in training
 The maths lives in `nn/functional.py`. Parameters are initialised on the host from a seeded
 `numpy.random.Generator` in float32; `Sequential.to(xp)` moves them to another array library.
 """
@@ -58,8 +59,8 @@ class Conv2d(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout):
-        dx, dw, db = F.conv2d_backward(dout, self._take_cache())
+    def backward(self, dout, input_grad=True):
+        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), input_grad)
         return dx, {"W": dw, "b": db}
 
 
@@ -76,8 +77,9 @@ class MaxPool2d(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout):
-        return F.max_pool2d_backward(dout, self._take_cache()), {}
+    def backward(self, dout, input_grad=True):
+        cache = self._take_cache()
+        return (F.max_pool2d_backward(dout, cache) if input_grad else None), {}
 
 
 class _BatchNorm(Layer):
@@ -102,8 +104,8 @@ class _BatchNorm(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout):
-        dx, dgamma, dbeta = F.batch_norm_backward(dout, self._take_cache())
+    def backward(self, dout, input_grad=True):
+        dx, dgamma, dbeta = F.batch_norm_backward(dout, self._take_cache(), input_grad)
         return dx, {"gamma": dgamma, "beta": dbeta}
 
 
@@ -130,8 +132,8 @@ class Dense(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout):
-        dx, dw, db = F.dense_backward(dout, self._take_cache())
+    def backward(self, dout, input_grad=True):
+        dx, dw, db = F.dense_backward(dout, self._take_cache(), input_grad)
         return dx, {"W": dw, "b": db}
 
 
@@ -144,8 +146,9 @@ class _Elementwise(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout):
-        return type(self)._backward(dout, self._take_cache()), {}
+    def backward(self, dout, input_grad=True):
+        cache = self._take_cache()
+        return (type(self)._backward(dout, cache) if input_grad else None), {}
 
 
 class ReLU(_Elementwise):
@@ -175,8 +178,9 @@ class LeakyReLU(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout):
-        return F.leaky_relu_backward(dout, self._take_cache()), {}
+    def backward(self, dout, input_grad=True):
+        cache = self._take_cache()
+        return (F.leaky_relu_backward(dout, cache) if input_grad else None), {}
 
 
 class Flatten(Layer):
@@ -186,5 +190,6 @@ class Flatten(Layer):
         self._remember(x.shape)
         return xp_of(x).reshape(x, (x.shape[0], -1))
 
-    def backward(self, dout):
-        return xp_of(dout).reshape(dout, self._take_cache()), {}
+    def backward(self, dout, input_grad=True):
+        shape = self._take_cache()
+        return (xp_of(dout).reshape(dout, shape) if input_grad else None), {}

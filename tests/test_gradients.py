@@ -720,3 +720,25 @@ def test_max_pool2d_ties_match_pytorch(case, levels, seed):
     out_t.backward(torch.tensor(dout))
     np.testing.assert_array_equal(out, out_t.detach().numpy())
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_backward_without_input_grad_gives_the_same_parameter_gradients():
+    """input_grad=False (training's first layer) skips dx and changes no parameter gradient."""
+    rng = np.random.default_rng(3)
+    model = as_float64(reference_cnn(batch_norm=True, rng=rng))
+    x, dout = rng.random((3, 1, 28, 28)), rng.standard_normal((3, 10))
+    model.forward(x)
+    dx, grads = model.backward(dout)
+    model.forward(x)
+    none, grads_only = model.backward(dout, input_grad=False)
+    assert dx.shape == x.shape and none is None
+    assert grads_only.keys() == grads.keys()
+    for k in grads:
+        np.testing.assert_array_equal(grads_only[k], grads[k])
+    for layer in [Flatten(), ReLU(), MaxPool2d(2), Dense(4, 2), BatchNorm1d(4)]:
+        layer.forward(rng.random((2, 4, 2, 2)) if isinstance(layer, MaxPool2d) else
+                      rng.random((2, 4)))
+        dx, _ = layer.backward(np.ones((2, 4, 1, 1) if isinstance(layer, MaxPool2d) else
+                                       (2, 2) if isinstance(layer, Dense) else (2, 4)),
+                               input_grad=False)
+        assert dx is None, type(layer).__name__
