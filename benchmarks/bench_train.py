@@ -19,7 +19,7 @@ float32, on a fixed random batch of 64 images (uniform in [0, 1]) with random la
   fwd_bwd      one forward and backward, train mode: attacks.gradient.loss_and_gradients;
                PyTorch: the same with x.requires_grad (ours always returns dL/dx).
   eval         attacks.evaluate.evaluate(model, images, labels) (clean + FGS 0.3 + FGV 0.6,
-               batches of 500, eval mode) on --eval-images random images, reported as seconds per
+               batches of attacks.evaluate.EVAL_BATCH, eval mode) on --eval-images random images, reported as seconds per
                10,000 images; PyTorch: per batch a forward with input grad, backward of the mean
                cross-entropy (parameter gradients too, as ours computes them), the FGS and FGV
                images, two more forwards, the same counts and perturbation sizes.
@@ -77,6 +77,7 @@ if str(ROOT) not in sys.path:
 from attacks.evaluate import evaluate  # noqa: E402
 from attacks.gradient import loss_and_gradients  # noqa: E402
 from attacks.training import adversarial_step, standard_step  # noqa: E402
+from attacks.evaluate import EVAL_BATCH  # noqa: E402
 from nn import SGD, reference_cnn  # noqa: E402
 from nn import functional as F  # noqa: E402
 from nn.layers import Conv2d, Dense  # noqa: E402
@@ -85,7 +86,6 @@ BATCH = 64
 ALPHA = 0.3          # FGS step of adversarial training (and of the FGS attack in evaluation)
 FGV_ALPHA = 0.6      # evaluate()'s default FGV step
 LR, MOMENTUM = 0.01, 0.9
-EVAL_BATCH = 500
 MIN_ROUNDS, MAX_ROUNDS = 2, 12
 EVAL_KEYS = ("clean_acc", "fgs_acc", "fgv_acc")
 MEASUREMENTS = ("train_step", "adv_step", "fwd_bwd", "eval")
@@ -722,7 +722,7 @@ def main(argv=None):
             mem[f"ours_{meas}_tracemalloc_peak_mb"] = peak
         ours.reset()
         peak, _ = traced_peak_mb(lambda: ours.eval(min(n_eval, EVAL_BATCH)))
-        mem["ours_eval_batch500_tracemalloc_peak_mb"] = peak
+        mem["ours_eval_batch_tracemalloc_peak_mb"] = peak
         if not args.no_rss:
             for fw in frameworks:
                 for meas in ("train_step", "adv_step"):
@@ -808,7 +808,7 @@ def main(argv=None):
     for key, mem in memory.items():
         parts = [f"ours tracemalloc: train_step {mem['ours_train_step_tracemalloc_peak_mb']:.1f}, "
                  f"adv_step {mem['ours_adv_step_tracemalloc_peak_mb']:.1f}, "
-                 f"eval batch of 500 {mem['ours_eval_batch500_tracemalloc_peak_mb']:.1f}"]
+                 f"eval batch of {EVAL_BATCH} {mem['ours_eval_batch_tracemalloc_peak_mb']:.1f}"]
         for fw in frameworks:
             for meas in ("train_step", "adv_step"):
                 v = mem.get(f"{fw}_{meas}_rss_growth")
