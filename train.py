@@ -21,7 +21,7 @@ from attacks import adversarial_step, default_attacks, evaluate, noise_step, sta
 from attacks.evaluate import batch_slices
 from data.mnist import MNISTError, load_mnist
 from nn import SGD, reference_cnn
-from nn.backend import DeviceError, namespace_for, to_device, xp_of
+from nn.backend import DeviceError, namespace_for, reuse_host_memory, to_device, xp_of
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plot import RunError, plot_runs
 
@@ -220,6 +220,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    reuse_host_memory()
     try:
         return run(args)
     except (TrainingError, MNISTError, DeviceError, RunError) as exc:

@@ -74,11 +74,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from attacks.evaluate import evaluate  # noqa: E402
+from attacks.evaluate import EVAL_BATCH, evaluate  # noqa: E402
 from attacks.gradient import loss_and_gradients  # noqa: E402
 from attacks.training import adversarial_step, standard_step  # noqa: E402
-from attacks.evaluate import EVAL_BATCH  # noqa: E402
 from nn import SGD, reference_cnn  # noqa: E402
+from nn.backend import reuse_host_memory  # noqa: E402
 from nn import functional as F  # noqa: E402
 from nn.layers import Conv2d, Dense  # noqa: E402
 
@@ -581,6 +581,8 @@ def main(argv=None):
                     help="seconds for the timed rounds when --rounds is not given (default 100)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few repeats, 500 images")
     ap.add_argument("--no-torch", action="store_true", help="measure ours only")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="skip nn.backend.reuse_host_memory() (train.py calls it), to see its effect")
     ap.add_argument("--json", metavar="PATH", help="write every result and raw timing here")
     ap.add_argument("--profile", action="store_true",
                     help="also time every layer's forward/backward of our standard step")
@@ -598,6 +600,8 @@ def main(argv=None):
         print(json.dumps(rss_probe(framework, meas, bn == "1")))
         return
 
+    if not args.default_malloc:
+        print(f"reuse_host_memory(): {'on' if reuse_host_memory() else 'not available'}")
     t_start = time.perf_counter()
     rounds = args.rounds or (1 if args.quick else None)  # None: until the budget is spent
     n_eval = args.eval_images or (500 if args.quick else 2000)

@@ -233,3 +233,11 @@ def test_state_dict_on_no_float64_device():
     model = reference_cnn(batch_norm=True, rng=np.random.default_rng(0)).to(xps, device=dev)
     state = model.state_dict()
     assert state["0.W"].dtype == np.float32
+
+
+def test_reuse_host_memory_takes_effect_on_glibc():
+    import platform
+    from nn.backend import reuse_host_memory
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning applies to glibc only")
+    assert reuse_host_memory() is True
