@@ -39,7 +39,8 @@ def _padded_cnhw(x, padding):
     xp = xp_of(x)
     xt = xp.permute_dims(x, (1, 2, 3, 0))
     if padding == 0:
-        return xt
+        # flattening copies (in the new order) only when xt is not laid out that way already
+        return xp.reshape(xp.reshape(xt, (-1,)), xt.shape)
     C, H, W, N = xt.shape
     out = _zeros((C, H + 2 * padding, W + 2 * padding, N), x)
     out[:, padding:padding + H, padding:padding + W, :] = xt
@@ -206,9 +207,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * unbiased
         inv_std = 1.0 / xp.sqrt(var + eps)
-        xhat = centred * xp.reshape(inv_std, (C, 1))
-        out = xhat * xp.reshape(gamma, (C, 1)) + xp.reshape(beta, (C, 1))
-        cache = (xhat, inv_std, gamma, x.shape)
+        out = centred * xp.reshape(gamma * inv_std, (C, 1)) + xp.reshape(beta, (C, 1))
+        cache = (centred, None, inv_std, gamma, x.shape)
     else:
         # fixed statistics: one scale and one shift per channel
         inv_std = 1.0 / xp.sqrt(running_var + eps)
@@ -219,30 +219,28 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
 
 
 def batch_norm_backward(dout, cache, input_grad=True):
-    """dout like x -> dx, dgamma (C,), dbeta (C,).
+    """dout like x -> dx, dgamma (C,), dbeta (C,); sums run over the m values of each channel.
 
-    dbeta = sum(dout), dgamma = sum(dout * xhat), sums over the m values of each channel.
+    dbeta = sum(dout), dgamma = sum(dout * xhat) with xhat = (x - mean) * inv_std;
     train: dx = gamma * inv_std / m * (m * dout - dbeta - xhat * dgamma);
     eval (fixed statistics): dx = gamma * inv_std * dout. dx is None when not input_grad.
     """
     xp = xp_of(dout)
     d2 = _channel_rows(dout)
     C, m = d2.shape
+    centred, eval_mean, inv_std, gamma, shape = cache  # eval caches x and its fixed mean
+    train = eval_mean is None
+    if not train:
+        centred = centred - xp.reshape(eval_mean, (C, 1))
     dbeta = xp.sum(d2, axis=1)
-    if len(cache) == 5:  # eval
-        x2, mean, inv_std, gamma, shape = cache
-        dgamma = xp.sum(d2 * (x2 - xp.reshape(mean, (C, 1))), axis=1) * inv_std
-        if not input_grad:
-            return None, dgamma, dbeta
-        dx = d2 * xp.reshape(gamma * inv_std, (C, 1))
-        return _from_channel_rows(dx, shape), dgamma, dbeta
-    xhat, inv_std, gamma, shape = cache
-    dgamma = xp.sum(d2 * xhat, axis=1)
+    dgamma = xp.sum(d2 * centred, axis=1) * inv_std
     if not input_grad:
         return None, dgamma, dbeta
     scale = gamma * inv_std
-    dx = (d2 * xp.reshape(scale, (C, 1)) - xp.reshape(scale * dbeta / m, (C, 1))
-          - xhat * xp.reshape(scale * dgamma / m, (C, 1)))
+    dx = d2 * xp.reshape(scale, (C, 1))
+    if train:  # the batch statistics depend on x too: xhat * dgamma = centred * inv_std * dgamma
+        dx = (dx - xp.reshape(scale * dbeta / m, (C, 1))
+              - centred * xp.reshape(scale * inv_std * dgamma / m, (C, 1)))
     return _from_channel_rows(dx, shape), dgamma, dbeta
 
 
