@@ -255,7 +255,9 @@ def dense_backward(dout, cache, input_grad=True):
     """dout (N, M) -> dx = dout @ w^T (N, D) or None, dw = x^T @ dout (D, M), db = sum_n dout (M,)."""
     xp = xp_of(dout)
     x, w = cache
-    return (dout @ w.T if input_grad else None), x.T @ dout, xp.sum(dout, axis=0)
+    # dx as (w @ dout^T)^T: the same numbers, laid out batch-innermost like the forward pass's
+    # activations (see the convolution note), so the layers below mix no memory orders
+    return ((w @ dout.T).T if input_grad else None), x.T @ dout, xp.sum(dout, axis=0)
 
 
 def relu_forward(x):
