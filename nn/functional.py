@@ -202,7 +202,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
     if train:
         mean = xp.mean(x2, axis=1)
         centred = x2 - xp.reshape(mean, (C, 1))
-        var = xp.mean(centred * centred, axis=1)
+        var = xp.vecdot(centred, centred, axis=-1) / m  # row-wise dot: no centred**2 array
         unbiased = var * (m / (m - 1)) if m > 1 else var
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * unbiased
@@ -233,7 +233,7 @@ def batch_norm_backward(dout, cache, input_grad=True):
     if not train:
         centred = centred - xp.reshape(eval_mean, (C, 1))
     dbeta = xp.sum(d2, axis=1)
-    dgamma = xp.sum(d2 * centred, axis=1) * inv_std
+    dgamma = xp.vecdot(d2, centred, axis=-1) * inv_std
     if not input_grad:
         return None, dgamma, dbeta
     scale = gamma * inv_std
@@ -332,3 +332,24 @@ def softmax(logits):
     xp = xp_of(logits)
     e = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
     return e / xp.sum(e, axis=1, keepdims=True)
+
+
+def softplus(x):
+    """log(1 + exp(x)), any shape, as max(x, 0) + log1p(exp(-|x|)) so that it never overflows."""
+    xp = xp_of(x)
+    return xp.maximum(x, 0.0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def bce_with_logits(logits, targets):
+    """Mean binary cross-entropy between sigmoid(logits) and targets, and its gradient.
+
+    logits (N,) or (N, 1) float, targets in [0, 1] of the same shape (or a Python float)
+    -> loss (0-d array), dlogits like logits.
+    Per sample: -t log s(z) - (1 - t) log(1 - s(z)) = max(z, 0) - z t + log(1 + exp(-|z|));
+    dL/dz = (sigmoid(z) - t) / N.
+    """
+    xp = xp_of(logits)
+    N = logits.shape[0]
+    loss = xp.sum(softplus(logits) - logits * targets) / N
+    s, _ = sigmoid_forward(logits)
+    return loss, (s - targets) / N
