@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from nn.backend import reuse_host_memory
+
+reuse_host_memory()  # as train.py does: large temporaries stop page-faulting, tests run faster
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=10, deadline=None,
