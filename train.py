@@ -218,18 +218,22 @@ def run(args):
     return 0
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run_cli(prog, run, args):
+    """Run an entry point's run(args): one sentence and exit 1 on a known error, 130 on Ctrl-C."""
     reuse_host_memory()
     try:
         return run(args)
     except (TrainingError, MNISTError, DeviceError, RunError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: {args.out} keeps its last completed epoch; continue with --resume",
               file=sys.stderr)
         return 130
+
+
+def main(argv=None):
+    return run_cli("train.py", run, parse_args(argv))
 
 
 if __name__ == "__main__":

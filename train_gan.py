@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from attacks import standard_step
 from attacks.evaluate import batch_slices
-from data.mnist import MNISTError, load_mnist
+from data.mnist import load_mnist
 from gan import GAN_LOSSES, discriminator, discriminator_step, generator, generator_step
 from gan.fid import class_fractions, coverage, features_and_classes, frechet_distance
 from nn import SGD, Adam, reference_cnn
-from nn.backend import DeviceError, namespace_for, reuse_host_memory, to_device, to_numpy
+from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train import TrainingError, _float_in, _int_at_least, write_metrics
+from train import TrainingError, _float_in, _int_at_least, run_cli, write_metrics
 
 import matplotlib  # noqa: E402  (train imports plot, which has chosen the Agg backend already)
 
@@ -384,17 +384,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    reuse_host_memory()
-    try:
-        return run(args)
-    except (TrainingError, MNISTError, DeviceError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {args.out} keeps its last completed epoch; continue with --resume",
-              file=sys.stderr)
-        return 130
+    return run_cli(PROG, run, parse_args(argv))
 
 
 if __name__ == "__main__":
