@@ -3,7 +3,8 @@
     python plot.py runs/standard runs/adversarial-bn -o comparison.png
 
 Each run folder holds the metrics.csv and settings.json that train.py writes. Colour tells the
-runs apart; line style tells clean (solid), FGS (dashed) and FGV (dotted) accuracy apart.
+runs apart; line style tells clean (solid), FGS (dashed), FGV (dotted) and, when the run measured
+it, PGD (dash-dot) accuracy apart.
 """
 import argparse
 import csv
@@ -17,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"))
+CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"),
+          ("pgd_acc", "PGD", "-."))
 
 
 class RunError(Exception):
@@ -52,7 +54,7 @@ def run_label(run_dir):
 
 
 def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
-    """Draw clean / FGS / FGV accuracy (in %) over epochs for each run into out_path (PNG)."""
+    """Draw clean / FGS / FGV (/ PGD) accuracy (in %) over epochs for each run into out_path (PNG)."""
     metrics = [read_metrics(run) for run in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (run, m) in enumerate(zip(run_dirs, metrics)):

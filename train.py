@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from attacks import adversarial_step, default_attacks, evaluate, noise_step, standard_step
+from attacks import (adversarial_step, default_attacks, evaluate, noise_step, pgd_attack,
+                     standard_step)
 from attacks.evaluate import batch_slices
 from data.mnist import MNISTError, load_mnist
 from nn import SGD, reference_cnn
@@ -27,7 +28,8 @@ from plot import RunError, plot_runs
 
 # The flags that define a run: --resume refuses a checkpoint made with other values.
 RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alpha",
-                "noise_alpha", "seed", "train_limit", "test_limit")
+                "noise_alpha", "seed", "train_limit", "test_limit", "train_half", "pgd_images",
+                "pgd_steps")
 
 
 def _int_at_least(minimum):
@@ -76,9 +78,18 @@ def parse_args(argv=None):
     p.add_argument("--fgv-alpha", type=_float_in(0, 1), default=0.6, help="FGV step for evaluation")
     p.add_argument("--noise-alpha", type=_float_in(0, 1), default=0.3,
                    help="size of the random sign noise in --mode noise")
+    p.add_argument("--pgd-images", type=_positive_int,
+                   help="also attack the first N test images with PGD (eps --alpha, random "
+                        "start) after each epoch: FGS accuracy that PGD does not confirm is "
+                        "gradient masking, not robustness")
+    p.add_argument("--pgd-steps", type=_positive_int,
+                   help="PGD steps (default 20 with --pgd-images)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--out", type=Path, help="run folder (default: runs/<mode>[-bn]-seed<seed>)")
     p.add_argument("--train-limit", type=_positive_int, help="use the first N training images")
+    p.add_argument("--train-half", type=int, choices=[1, 2],
+                   help="train on the first or the second half of the (limited) training set "
+                        "only: two networks on disjoint data, for transfer experiments")
     p.add_argument("--test-limit", type=_positive_int, help="use the first N test images")
     p.add_argument("--data-dir", type=Path,
                    help="folder with the MNIST IDX files, plain or .gz (default: the embedded copy)")
@@ -86,9 +97,13 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed epoch")
     args = p.parse_args(argv)
+    if args.pgd_steps is not None and args.pgd_images is None:
+        p.error("--pgd-steps needs --pgd-images")
+    if args.pgd_images is not None and args.pgd_steps is None:
+        args.pgd_steps = 20
     if args.out is None:
-        limits = "".join(f"-{k[0]}{v}" for k, v in (("train", args.train_limit),
-                                                    ("test", args.test_limit)) if v)
+        limits = "".join(f"-{k}{v}" for k, v in (("t", args.train_limit), ("e", args.test_limit),
+                                                  ("half", args.train_half)) if v)
         args.out = Path("runs") / f"{args.mode}{'-bn' if args.bn else ''}-seed{args.seed}{limits}"
     return args
 
@@ -168,10 +183,26 @@ def write_metrics(path, history):
     tmp.replace(path)
 
 
+def evaluate_pgd(model, images, labels, args, epoch):
+    """PGD accuracy of the first --pgd-images test images, as pgd_* columns of metrics.csv.
+
+    The random starts come from their own generator (seed, epoch), so that adding PGD leaves
+    training, which draws from the run's generator, unchanged.
+    """
+    rng = np.random.default_rng([args.seed, epoch])
+    n = args.pgd_images
+    attack = pgd_attack(args.alpha, args.pgd_steps, rng)
+    r = evaluate(model, images[:n], labels[:n], {"pgd": attack})
+    return {"pgd_n_correct": r["n_correct"], "pgd_acc": r["pgd_acc"],
+            "pgd_robust_acc": r["pgd_robust_acc"], "pgd_l2": r["pgd_l2"]}
+
+
 def epoch_line(row, epochs):
+    pgd = (f"  PGD {100 * row['pgd_acc']:.2f}% (of {row['pgd_n_correct']})"
+           if "pgd_acc" in row else "")
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  loss {row['train_loss']:.4f}  "
             f"clean {100 * row['clean_acc']:.2f}%  FGS {100 * row['fgs_acc']:.2f}%  "
-            f"FGV {100 * row['fgv_acc']:.2f}% (of {row['n_correct']} correct)  "
+            f"FGV {100 * row['fgv_acc']:.2f}% (of {row['n_correct']} correct){pgd}  "
             f"{row['train_seconds']:.1f} s + eval {row['eval_seconds']:.1f} s")
 
 
@@ -183,6 +214,10 @@ def run(args):
         raise TrainingError(f"{args.out} already holds a run: add --resume to continue it, "
                             "or choose another folder with --out")
     train_x, train_t = load_mnist("train", args.data_dir, args.train_limit)
+    if args.train_half:
+        middle = len(train_x) // 2
+        half = slice(0, middle) if args.train_half == 1 else slice(middle, None)
+        train_x, train_t = train_x[half], train_t[half]
     test_x, test_t = load_mnist("test", args.data_dir, args.test_limit)
 
     rng = np.random.default_rng(args.seed)
@@ -206,6 +241,8 @@ def run(args):
                            desc=f"epoch {epoch}/{args.epochs}")
         t1 = time.perf_counter()
         metrics = evaluate(model, test_x, test_t, attacks)
+        if args.pgd_images:
+            metrics.update(evaluate_pgd(model, test_x, test_t, args, epoch))
         history.append({"epoch": epoch, "train_loss": loss, **metrics,
                         "train_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1})
         save_checkpoint(ckpt, *checkpoint_state(model, optimizer, rng, epoch, settings, history))
@@ -218,17 +255,21 @@ def run(args):
     return 0
 
 
-def run_cli(prog, run, args):
-    """Run an entry point's run(args): one sentence and exit 1 on a known error, 130 on Ctrl-C."""
+def run_cli(prog, run, args, errors=(), interrupted=None):
+    """Run an entry point's run(args): one sentence and exit 1 on a known error, 130 on Ctrl-C.
+
+    errors: further exception classes whose message is for the user; interrupted: what to say
+    on Ctrl-C (default: the run folder keeps its last epoch).
+    """
     reuse_host_memory()
     try:
         return run(args)
-    except (TrainingError, MNISTError, DeviceError, RunError) as exc:
+    except (TrainingError, MNISTError, DeviceError, RunError, *errors) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {args.out} keeps its last completed epoch; continue with --resume",
-              file=sys.stderr)
+        print("\n" + (interrupted or f"interrupted: {args.out} keeps its last completed epoch; "
+                      "continue with --resume"), file=sys.stderr)
         return 130
 
 

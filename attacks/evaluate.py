@@ -1,12 +1,11 @@
 """The exercise's evaluation: clean accuracy, and accuracy under attack of the correctly
 classified test images only, plus the robust accuracy over all images that papers report."""
-from functools import partial
-
 import numpy as np
 
 from nn.backend import to_device, to_numpy, xp_of
 
 from .gradient import eval_mode, fgs_step, fgv_step, loss_and_gradients
+from .iterative import pgd
 
 # Images per evaluation batch: small enough that a batch's arrays stay in the CPU caches
 # (benchmarks/bench_train.py measured 100 faster than 500 or 1,000 on 2 cores).
@@ -14,8 +13,19 @@ EVAL_BATCH = 100
 
 
 def default_attacks(fgs_alpha=0.3, fgv_alpha=0.6):
-    """name -> step(x, grad) -> x_adv for the exercise's two attacks."""
-    return {"fgs": partial(fgs_step, alpha=fgs_alpha), "fgv": partial(fgv_step, alpha=fgv_alpha)}
+    """name -> attack(model, x, t, dx) -> x_adv for the exercise's two attacks.
+
+    Every attack `evaluate` runs has this form; dx = dJ/dx at the clean batch, computed once per
+    batch, is all that the one-step attacks need.
+    """
+    return {"fgs": lambda model, x, t, dx: fgs_step(x, dx, fgs_alpha),
+            "fgv": lambda model, x, t, dx: fgv_step(x, dx, fgv_alpha)}
+
+
+def pgd_attack(eps=0.3, steps=20, rng=None):
+    """PGD from a random start (if rng is given, else from x) as an `evaluate` attack."""
+    return lambda model, x, t, dx: pgd(model, x, t, eps=eps, steps=steps,
+                                       random_start=rng is not None, rng=rng)
 
 
 def batch_slices(n, batch_size):
@@ -35,16 +45,16 @@ def predict(model, images, batch_size=EVAL_BATCH):
 def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
     """Accuracy on clean images and under each attack, in eval mode; host images and labels in.
 
-    images (N, C, H, W) float32 in [0, 1], labels (N,) int; attacks: name -> step(x, grad), by
-    default FGS (alpha 0.3) and FGV (alpha 0.6). Returns a dict of floats:
+    images (N, C, H, W) float32 in [0, 1], labels (N,) int; attacks: name -> attack(model, x, t,
+    dx) (see default_attacks), by default FGS (alpha 0.3) and FGV (alpha 0.6). Returns a dict of floats:
       clean_acc, clean_loss, n (= N), n_correct;
       <name>_acc        fraction of the n_correct clean-correct images still correct after attack
                         (the exercise's measure), <name>_robust_acc the same count over all N,
       <name>_linf, <name>_l2   mean size of the perturbations of those n_correct images.
-    One forward and one backward per batch serve every attack. Attacking every image and then
-    counting only the clean-correct ones equals attacking those alone: in eval mode each image's
-    gradient depends on that image only, up to the 1/N of the mean, which neither sign nor FGV's
-    per-image scaling sees.
+    One forward and one backward per batch serve every one-step attack. Attacking every image
+    and then counting only the clean-correct ones equals attacking those alone: in eval mode each
+    image's gradient depends on that image only, up to the 1/N of the mean, which neither sign
+    nor FGV's per-image scaling sees.
     """
     attacks = default_attacks() if attacks is None else attacks
     like = next(iter(model.params.values()))
@@ -59,8 +69,8 @@ def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
             correct = xp.argmax(p.logits, axis=1) == t
             totals["clean_loss"] += float(p.loss) * t.shape[0]
             totals["n_correct"] += int(xp.sum(xp.astype(correct, xp.int64)))
-            for name, step in attacks.items():
-                x_adv = step(x, p.dx)
+            for name, attack in attacks.items():
+                x_adv = attack(model, x, t, p.dx)
                 still = correct & (xp.argmax(model.forward(x_adv), axis=1) == t)
                 delta = xp.reshape(x_adv - x, (x.shape[0], -1))
                 mask = xp.astype(correct, x.dtype)

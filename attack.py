@@ -1,0 +1,49 @@
+"""Run one of the lecture's attack experiments on a trained CNN and write its numbers and figures.
+
+    python attack.py curve --checkpoint runs/adversarial-seed0/checkpoint.npz
+    python attack.py targeted            # no --checkpoint: trains (or reuses) a standard CNN
+
+Every experiment writes into its --out folder (default runs/attack-<experiment>): a JSON or CSV
+of its numbers and PNG figures. `python attack.py <experiment> --help` lists its flags.
+"""
+import argparse
+import importlib
+import sys
+
+from experiments.common import ExperimentError, add_common_arguments
+from train import run_cli
+
+# name -> what it shows; each is a module experiments/<name>.py with add_arguments and run
+EXPERIMENTS = {
+    "gallery": "original, perturbation x10 and adversarial image for FGS, FGV, PGD, targeted",
+    "curve": "accuracy against eps for FGS and PGD (eps 0 to 0.4)",
+    "targeted": "targeted PGD toward every wrong class, smallest successful perturbation",
+    "fooling": "one signed step from noise toward each class",
+    "transfer": "attacks crafted on one network, tested on networks trained on the other half",
+    "blackbox": "attack a label-only model through a substitute trained on its answers",
+    "autoencoder": "a small input change that makes an autoencoder reconstruct another digit",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="experiment", required=True, metavar="experiment")
+    for name, help_text in EXPERIMENTS.items():
+        module = importlib.import_module(f"experiments.{name}")
+        p = sub.add_parser(name, help=help_text, description=module.__doc__.split("\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_common_arguments(p, name, **getattr(module, "DEFAULTS", {}))
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return run_cli(f"attack.py {args.experiment}", args.run, args, errors=(ExperimentError,),
+                   interrupted=f"interrupted: {args.out} keeps what was written before; models "
+                               "being trained keep their last epoch and are resumed next time")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

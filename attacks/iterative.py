@@ -1,0 +1,131 @@
+"""Many small signed steps instead of one big one: PGD, targeted attacks and fooling images.
+
+FGS takes one step of size eps along sign(dJ/dx) and hopes the loss is linear that far. Projected
+gradient descent (PGD, "iterated FGS") takes `steps` smaller steps, recomputing the gradient each
+time, and after each step projects back into the allowed set: at most eps from the original in
+every pixel (the L-infinity ball) and inside [0, 1]. A model that only *looks* robust to FGS
+because its loss surface is bent near the data (gradient masking) falls to PGD.
+
+A targeted attack walks *down* the cross-entropy of a chosen wrong class instead of up the true
+class's; a fooling image is one targeted signed step from pure noise.
+"""
+import numpy as np
+
+from nn.backend import device_of, to_device, to_numpy, xp_of
+from nn.functional import softmax
+
+from .gradient import eval_mode, loss_and_gradients
+
+
+def _project(x_adv, low, high):
+    """Clamp x_adv into [low, high] elementwise (the L-infinity ball intersected with [0, 1])."""
+    xp = xp_of(x_adv)
+    return xp.minimum(xp.maximum(x_adv, low), high)
+
+
+def _per_image(value, x):
+    """A scalar, or one value per image (N,), as an array broadcastable against x (N, C, H, W)."""
+    xp = xp_of(x)
+    value = xp.asarray(value, dtype=x.dtype, device=device_of(x))
+    return xp.reshape(value, (-1,) + (1,) * (x.ndim - 1)) if value.ndim else value
+
+
+def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None):
+    """`steps` projected signed-gradient steps from `start` (default x) within eps of x.
+
+    x (N, C, H, W) in [0, 1]; labels (N,) the classes whose cross-entropy J is followed;
+    eps and step scalars or (N,) per-image values; direction +1 climbs J (untargeted), -1
+    descends it (targeted). Each step: x_adv <- clip(x_adv + direction * step * sign(dJ/dx_adv),
+    max(x - eps, 0), min(x + eps, 1)). Runs in eval mode; returns x_adv like x.
+    """
+    xp = xp_of(x)
+    eps, step = _per_image(eps, x), _per_image(step, x)
+    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    x_adv = x if start is None else _project(start, low, high)
+    with eval_mode(model):
+        for _ in range(steps):
+            dx = loss_and_gradients(model, x_adv, labels).dx
+            x_adv = _project(x_adv + (direction * step) * xp.sign(dx), low, high)
+    return x_adv
+
+
+def uniform_start(x, eps, rng):
+    """x + uniform(-eps, eps) noise per pixel, from host generator rng (numpy.random.Generator)."""
+    xp = xp_of(x)
+    noise = rng.uniform(-1.0, 1.0, size=x.shape).astype(np.float32)
+    return x + _per_image(eps, x) * xp.asarray(noise, dtype=x.dtype, device=device_of(x))
+
+
+def pgd(model, x, t, eps=0.3, step=None, steps=20, random_start=False, rng=None):
+    """Untargeted PGD in the L-infinity ball: x (N, C, H, W) in [0, 1], t (N,) -> x_adv like x.
+
+    step defaults to 2.5 * eps / steps (Madry et al.), enough to cross the ball and come back.
+    random_start begins at a uniform random point of the ball (needs rng); otherwise at x, so
+    that the first step with step = eps is exactly FGS. |x_adv - x| <= eps, 0 <= x_adv <= 1.
+    """
+    step = 2.5 * eps / steps if step is None else step
+    if random_start and rng is None:
+        raise ValueError("pgd: random_start needs rng, a numpy.random.Generator")
+    start = uniform_start(x, eps, rng) if random_start else None
+    return signed_steps(model, x, t, eps, step, steps, direction=1.0, start=start)
+
+
+def targeted_pgd(model, x, target, eps=0.3, step=None, steps=20):
+    """Targeted PGD: descend the cross-entropy of class `target` (N,) within eps of x (N, C, H, W).
+
+    Returns x_adv like x; success is argmax(model(x_adv)) == target.
+    """
+    step = 2.5 * eps / steps if step is None else step
+    return signed_steps(model, x, target, eps, step, steps, direction=-1.0)
+
+
+def smallest_targeted(model, x, target, max_eps=1.0, steps=20, searches=8):
+    """The lecture's "closest image classified as the target", searched over the L-infinity size.
+
+    For each image, bisection over eps in (0, max_eps] for the smallest ball in which targeted
+    PGD reaches class `target` (N,); `searches` halvings give a resolution of max_eps / 2**searches.
+    Returns (x_adv like x, eps (N,) host float array, success (N,) host bool array): x_adv is
+    the successful image of the smallest eps tried (x itself where none succeeded).
+    """
+    xp = xp_of(x)
+    n = x.shape[0]
+    low, high = np.zeros(n), np.full(n, float(max_eps))
+    success = np.zeros(n, dtype=bool)
+    best = x
+    # the largest ball first, then `searches` halvings of the interval that holds the boundary
+    for i in range(searches + 1):
+        eps = high.copy() if i == 0 else (low + high) / 2
+        x_try = targeted_pgd(model, x, target, eps=eps, steps=steps)
+        with eval_mode(model):
+            hit = xp.argmax(model.forward(x_try), axis=1) == target
+        best = xp.where(xp.reshape(hit, (-1,) + (1,) * (x.ndim - 1)), x_try, best)
+        hit = to_numpy(hit).astype(bool)
+        success |= hit
+        high, low = np.where(hit, eps, high), np.where(hit, low, eps)
+    return best, np.where(success, high, np.nan), success
+
+
+def targeted_fgs(model, x, target, alpha):
+    """One signed step down the cross-entropy of class target (N,): clip(x - alpha sign(dJ/dx))."""
+    xp = xp_of(x)
+    with eval_mode(model):
+        dx = loss_and_gradients(model, x, target).dx
+    return xp.clip(x - alpha * xp.sign(dx), 0.0, 1.0)
+
+
+def fooling_images(model, noise, alpha, classes=10):
+    """One targeted signed step from each noise image toward every class.
+
+    noise (N, C, H, W) in [0, 1] -> (images (classes * N, C, H, W), target (classes * N,),
+    probability of the target class (classes * N,)); images k*N .. (k+1)*N - 1 aim at class k.
+    """
+    xp = xp_of(noise)
+    n = noise.shape[0]
+    x = xp.concat([noise] * classes, axis=0)
+    target = to_device(np.repeat(np.arange(classes), n), like=noise)
+    fooled = targeted_fgs(model, x, target, alpha)
+    with eval_mode(model):
+        probs = softmax(model.forward(fooled))
+    chosen = xp.sum(probs * xp.astype(target[:, None] == xp.arange(classes, device=device_of(x)),
+                                      probs.dtype), axis=1)
+    return fooled, target, chosen

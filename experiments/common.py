@@ -1,0 +1,151 @@
+"""What every experiment of attack.py shares: a trained model, test images, a run folder, progress.
+
+An experiment is a module with `add_arguments(parser)` (its own flags) and `run(args)`; the flags
+below (--checkpoint, --out, --images, --seed, --data-dir, --device) come with every one.
+"""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import train
+from attacks import eval_mode
+from data.mnist import load_mnist
+from nn import reference_cnn, softmax
+from nn.backend import namespace_for, to_device, to_numpy
+from nn.checkpoint import CheckpointError, load_checkpoint
+
+# train.py's flags for the model an experiment trains when no --checkpoint is given
+DEFAULT_TRAINING = ("--mode", "standard", "--epochs", "3")
+
+
+class ExperimentError(Exception):
+    """The experiment cannot run (one sentence for the user)."""
+
+
+def add_common_arguments(parser, name, images=1000):
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a train.py checkpoint.npz to attack (default: train a standard CNN "
+                             "for 3 epochs into runs/standard-seed0, or reuse the one there)")
+    parser.add_argument("--out", type=Path, default=Path("runs") / f"attack-{name}",
+                        help="folder for the experiment's numbers and figures")
+    parser.add_argument("--images", type=train._positive_int, default=images,
+                        help="how many test images (the first N) to attack")
+    parser.add_argument("--seed", type=train._int_at_least(0), default=0)
+    parser.add_argument("--data-dir", type=Path,
+                        help="folder with the MNIST IDX files (default: the embedded copy)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+
+
+def load_model(path, xp):
+    """(model in eval mode on namespace xp, its train.py settings) from checkpoint `path`."""
+    try:
+        arrays, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ExperimentError(str(exc)) from None
+    settings = meta.get("settings", {})
+    model = reference_cnn(batch_norm=bool(settings.get("bn", False))).to(xp)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    except ValueError as exc:
+        raise ExperimentError(f"{path} does not hold a reference CNN of train.py: {exc}") from None
+    return model.eval(), settings
+
+
+def train_model(train_flags, xp):
+    """Train (or finish training) with train.py's flags; returns (model, settings, checkpoint).
+
+    A run folder that already holds the requested epochs is reused as it is.
+    """
+    args = train.parse_args(list(train_flags))
+    ckpt = args.out / "checkpoint.npz"
+    args.resume = ckpt.exists()
+    print(f"training: python train.py {' '.join(train_flags)}{' --resume' if args.resume else ''}",
+          flush=True)
+    try:
+        train.run(args)
+    except train.TrainingError as exc:
+        raise ExperimentError(f"training the model failed: {exc}") from None
+    model, settings = load_model(ckpt, xp)
+    return model, settings, ckpt
+
+
+def model_for(args):
+    """The model of --checkpoint, or the default one (trained first if missing): (model, path)."""
+    xp = namespace_for(args.device)
+    if args.checkpoint is not None:
+        return load_model(args.checkpoint, xp)[0], args.checkpoint
+    flags = [*DEFAULT_TRAINING, "--seed", str(args.seed)]
+    if args.data_dir is not None:
+        flags += ["--data-dir", str(args.data_dir)]
+    model, _, ckpt = train_model(flags, xp)
+    return model, ckpt
+
+
+def test_set(args, limit=None):
+    """The first --images (or `limit`) MNIST test images and labels, on the host."""
+    return load_mnist("test", args.data_dir, limit or args.images)
+
+
+def like(model):
+    """A parameter of `model`: its namespace, device and dtype stand for the model's."""
+    return next(iter(model.params.values()))
+
+
+def on_model(model, host):
+    """Host array `host` moved to the model's namespace and device."""
+    return to_device(host, like(model))
+
+
+def out_dir(path):
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExperimentError(f"cannot create the folder {path}: {exc.strerror}") from None
+    return Path(path)
+
+
+def write_json(path, data):
+    """Write `data` as indented JSON atomically (temporary file, then rename)."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    tmp.replace(path)
+
+
+def write_csv(path, rows):
+    """Write a list of dicts with the same keys as CSV atomically."""
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def progress(total, desc, unit="img"):
+    """A tqdm bar on a terminal; silent in logs (experiments print a line per stage instead)."""
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
+
+
+def predictions(model, x):
+    """(labels (N,), probabilities (N, K)) of the model in eval mode, on the host."""
+    with eval_mode(model):
+        probs = to_numpy(softmax(model.forward(x)))
+    return probs.argmax(axis=1), probs
+
+
+def host(x):
+    """A model-side array as a NumPy array."""
+    return np.asarray(to_numpy(x))
+
