@@ -1,0 +1,180 @@
+"""Tests for attacks/iterative.py: PGD, targeted PGD, the smallest-perturbation search and
+fooling images.
+
+- closed forms on the linear model of test_attacks (its input gradient is always +-w);
+- Hypothesis properties on the reference CNN: the L-infinity ball, [0, 1], no-ops, FGS as PGD;
+- every attack on every backend, and on the strict backend's no_float64 device;
+- PGD inside the exercise's evaluation.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from attacks import (evaluate, fgs, fooling_images, pgd, pgd_attack, smallest_targeted,
+                     targeted_fgs, targeted_pgd)
+from attacks.evaluate import default_attacks
+from helpers import assert_like
+from nn import softmax
+from nn.backend import to_numpy
+from test_attacks import (MODELS, backend_case, images, linear_model, mean_loss, random_batch,
+                          seeds)
+
+W_LIN = np.array([4.0, -8.0, 2.0, 1.0])
+
+
+def test_pgd_on_a_linear_model_reaches_the_corner_of_the_ball():
+    """The gradient of a linear model always points along -w (label 0): after enough steps
+    every pixel sits at x - eps sign(w), clipped, whatever the step size."""
+    model = linear_model(W_LIN)
+    x = images([0.5, 0.5, 0.5, 0.5], [0.05, 0.9, 0.5, 0.95])
+    t = np.array([0, 0])
+    expected = np.clip(x - 0.2 * np.sign(W_LIN).reshape(1, 1, 2, 2), 0, 1)
+    for step, steps in ((0.2, 1), (0.05, 4), (0.03, 10), (0.5, 3)):
+        np.testing.assert_allclose(pgd(model, x, t, eps=0.2, step=step, steps=steps), expected,
+                                   atol=1e-12)
+    # 3 steps of 0.05 do not reach the corner: each pixel moved 0.15 (less where clipped)
+    np.testing.assert_allclose(pgd(model, x, t, eps=0.2, step=0.05, steps=3),
+                               np.clip(x - 0.15 * np.sign(W_LIN).reshape(1, 1, 2, 2), 0, 1),
+                               atol=1e-12)
+
+
+def test_targeted_pgd_on_a_linear_model_reaches_the_target():
+    """Label 0 wins where x.w > 0; targeting class 1 moves x against w until it flips."""
+    model = linear_model(W_LIN)
+    x = images([0.6, 0.2, 0.5, 0.5])  # x.w = 2.4 - 1.6 + 1 + 0.5 = 2.3; ||w||_1 = 15
+    target = np.array([1])
+    assert np.argmax(model.forward(x), axis=1)[0] == 0
+    small = targeted_pgd(model, x, target, eps=0.1, steps=10)   # x.w falls by 1.5: still 0
+    large = targeted_pgd(model, x, target, eps=0.2, steps=10)   # falls by 3: class 1
+    assert np.argmax(model.forward(small), axis=1)[0] == 0
+    assert np.argmax(model.forward(large), axis=1)[0] == 1
+    np.testing.assert_allclose(large, x - 0.2 * np.sign(W_LIN).reshape(1, 1, 2, 2), atol=1e-12)
+
+
+def test_smallest_targeted_finds_the_linear_boundary():
+    """The smallest L-infinity change that flips a linear model is x.w / ||w||_1 (no clipping);
+    bisection brackets it to max_eps / 2**searches."""
+    model = linear_model(W_LIN)
+    x = images([0.6, 0.2, 0.5, 0.5], [0.5, 0.4, 0.5, 0.5], [0.1, 0.6, 0.1, 0.1])
+    target = np.array([1, 1, 0])
+    boundary = np.abs(x.reshape(3, -1) @ W_LIN) / np.abs(W_LIN).sum()  # 2.3/15, 0.8/15, 4.3/15
+    best, eps, ok = smallest_targeted(model, x, target, max_eps=0.5, steps=10, searches=10)
+    assert ok.all()
+    assert np.all(eps >= boundary) and np.all(eps <= boundary + 0.5 / 2**10)
+    np.testing.assert_array_equal(np.argmax(model.forward(best), axis=1), target)
+    assert np.abs(best - x).reshape(3, -1).max(axis=1) == pytest.approx(eps, abs=1e-12)
+
+
+def test_smallest_targeted_reports_failure_outside_the_largest_ball():
+    model = linear_model(W_LIN)
+    x = images([0.6, 0.2, 0.5, 0.5])
+    best, eps, ok = smallest_targeted(model, x, np.array([1]), max_eps=0.1, steps=5, searches=3)
+    assert not ok[0] and np.isnan(eps[0])
+    np.testing.assert_array_equal(best, x)
+
+
+@given(seed=seeds, n=st.integers(1, 3), bn=st.booleans(), eps=st.floats(0, 0.5),
+       steps=st.integers(1, 4), start=st.booleans())
+def test_pgd_stays_in_the_ball_and_the_unit_interval(seed, n, bn, eps, steps, start):
+    x, t = random_batch(seed, n)
+    out = pgd(MODELS[bn], x, t, eps=eps, steps=steps, random_start=start,
+              rng=np.random.default_rng(seed))
+    assert out.dtype == x.dtype and out.shape == x.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert np.abs(out.astype(np.float64) - x).max() <= eps + 1e-6
+
+
+@given(seed=seeds, bn=st.booleans(), start=st.booleans())
+def test_eps_zero_is_a_no_op(seed, bn, start):
+    x, t = random_batch(seed, 2)
+    np.testing.assert_array_equal(pgd(MODELS[bn], x, t, eps=0.0, steps=3, random_start=start,
+                                      rng=np.random.default_rng(0)), x)
+    np.testing.assert_array_equal(targeted_pgd(MODELS[bn], x, (t + 1) % 10, eps=0.0), x)
+
+
+@given(seed=seeds, bn=st.booleans(), eps=st.floats(0.01, 0.5))
+def test_one_full_step_from_the_image_is_fgs(seed, bn, eps):
+    x, t = random_batch(seed, 3)
+    np.testing.assert_array_equal(pgd(MODELS[bn], x, t, eps=eps, step=eps, steps=1),
+                                  fgs(MODELS[bn], x, t, alpha=eps))
+
+
+@given(seed=seeds, bn=st.booleans())
+def test_pgd_raises_the_loss_and_targeted_pgd_lowers_the_target_loss(seed, bn):
+    model = MODELS[bn]
+    x, t = random_batch(seed, 4)
+    before = mean_loss(model, x, t)
+    assert mean_loss(model, pgd(model, x, t, eps=0.05, steps=5), t) >= before
+    target = (t + 3) % 10
+    assert mean_loss(model, targeted_pgd(model, x, target, eps=0.05, steps=5),
+                     target) <= mean_loss(model, x, target)
+
+
+def test_random_start_needs_a_generator_and_is_reproducible():
+    x, t = random_batch(0, 2)
+    with pytest.raises(ValueError, match="rng"):
+        pgd(MODELS[False], x, t, eps=0.1, random_start=True)
+    runs = [pgd(MODELS[False], x, t, eps=0.1, steps=2, random_start=True,
+                rng=np.random.default_rng(s)) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+def test_fooling_images_aim_each_noise_image_at_every_class():
+    model = MODELS[False]
+    noise = random_batch(4, 3)[0]
+    fooled, target, prob = fooling_images(model, noise, alpha=0.2)
+    assert fooled.shape == (30, 1, 28, 28) and target.shape == prob.shape == (30,)
+    np.testing.assert_array_equal(target, np.repeat(np.arange(10), 3))
+    for k in range(10):
+        expected = targeted_fgs(model, noise, np.full(3, k), 0.2)
+        np.testing.assert_array_equal(fooled[3 * k:3 * k + 3], expected)
+    np.testing.assert_allclose(prob, softmax(model.forward(fooled))[np.arange(30), target],
+                               rtol=1e-6)
+    assert np.abs(fooled - np.concatenate([noise] * 10)).max() <= 0.2 + 1e-6
+
+
+def test_pgd_in_the_evaluation_is_fgs_for_one_step():
+    """pgd_attack with one step of 2.5 eps from the image, projected, equals FGS with eps."""
+    model = MODELS[True]
+    x, t = random_batch(7, 12)
+    r = evaluate(model, x, t, {**default_attacks(0.1), "pgd": pgd_attack(0.1, steps=1)})
+    for key in ("acc", "robust_acc", "linf", "l2"):
+        assert r[f"pgd_{key}"] == pytest.approx(r[f"fgs_{key}"], rel=1e-6)
+
+
+def test_iterative_attacks_on_every_backend(xp):
+    model_np, model, x_np, t_np, x, t = backend_case(xp)
+    tgt_np = (t_np + 1) % 3
+    tgt = xp.asarray(tgt_np)
+    assert_like(pgd(model, x, t, eps=0.2, steps=3, random_start=True,
+                    rng=np.random.default_rng(1)),
+                pgd(model_np, x_np, t_np, eps=0.2, steps=3, random_start=True,
+                    rng=np.random.default_rng(1)), x)
+    assert_like(targeted_pgd(model, x, tgt, eps=0.2, steps=3),
+                targeted_pgd(model_np, x_np, tgt_np, eps=0.2, steps=3), x)
+    best, eps, ok = smallest_targeted(model, x, tgt, max_eps=0.5, steps=3, searches=3)
+    best_np, eps_np, ok_np = smallest_targeted(model_np, x_np, tgt_np, max_eps=0.5, steps=3,
+                                               searches=3)
+    assert_like(best, best_np, x)
+    np.testing.assert_array_equal(ok, ok_np)
+    np.testing.assert_allclose(eps, eps_np)
+    fooled, target, prob = fooling_images(model, x, 0.3, classes=3)
+    fooled_np, target_np, prob_np = fooling_images(model_np, x_np, 0.3, classes=3)
+    assert_like(fooled, fooled_np, x)
+    assert_like(prob, prob_np, x)
+    np.testing.assert_array_equal(to_numpy(target), target_np)
+
+
+def test_iterative_attacks_never_need_float64():
+    xps = pytest.importorskip("array_api_strict")
+    model_np, model, x_np, t_np, x, t = backend_case(xps, xps.Device("no_float64"))
+    assert_like(pgd(model, x, t, eps=0.2, steps=2, random_start=True,
+                    rng=np.random.default_rng(1)),
+                pgd(model_np, x_np, t_np, eps=0.2, steps=2, random_start=True,
+                    rng=np.random.default_rng(1)), x)
+    best, _, _ = smallest_targeted(model, x, (t + 1) % 3, max_eps=0.5, steps=2, searches=2)
+    assert_like(best, smallest_targeted(model_np, x_np, (t_np + 1) % 3, max_eps=0.5, steps=2,
+                                        searches=2)[0], x)
+    assert_like(fooling_images(model, x, 0.3, classes=3)[0],
+                fooling_images(model_np, x_np, 0.3, classes=3)[0], x)
