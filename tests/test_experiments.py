@@ -1,0 +1,169 @@
+"""Tests for attack.py's gallery, curve, targeted and fooling experiments, and for train.py's
+--pgd-images and --train-half. Everything runs in-process on a CNN trained for one epoch on 96
+images, with a handful of test images per experiment."""
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import attack
+import train
+from data.mnist import load_mnist
+from experiments import common
+from test_train import PNG, SMALL, assert_one_sentence, call, read_rows
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """run(*argv) -> (exit code, stdout, stderr) of attack.main (or train.main)."""
+    monkeypatch.setattr(sys, "argv", ["attack.py"])
+
+    def run(*argv, main=attack.main):
+        code = call(main, argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "run"
+    assert call(train.main, [*SMALL, "--epochs", 1, "--out", out]) == 0
+    return out / "checkpoint.npz"
+
+
+def test_gallery(cli, checkpoint, tmp_path):
+    code, out, err = cli("gallery", "--checkpoint", checkpoint, "--out", tmp_path, "--images", 3,
+                         "--steps", 2)
+    assert code == 0, err
+    for name in ("fgs", "fgv", "pgd", "targeted"):
+        assert (tmp_path / f"gallery-{name}.png").read_bytes().startswith(PNG)
+    report = json.loads((tmp_path / "gallery.json").read_text())
+    assert report["clean_pred"] == report["labels"]  # only correctly classified images
+    for name, r in report["attacks"].items():
+        assert len(r["pred"]) == len(r["conf"]) == 3
+        assert max(r["linf"]) <= (0.6 if name == "fgv" else 0.3) + 1e-6
+    assert report["attacks"]["targeted"]["target"] == [(t + 1) % 10 for t in report["labels"]]
+
+
+def test_curve(cli, checkpoint, tmp_path):
+    code, out, err = cli("curve", "--checkpoint", checkpoint, "--compare", checkpoint,
+                         "--out", tmp_path, "--images", 20, "--eps", 0, 0.1, 0.3, "--steps", 2)
+    assert code == 0, err
+    assert (tmp_path / "curve.png").read_bytes().startswith(PNG)
+    with open(tmp_path / "curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["eps"]) for r in rows] == [0, 0.1, 0.3] * 2
+    for r in rows:
+        if float(r["eps"]) == 0:  # no attack: everything is the clean accuracy
+            assert float(r["fgs_acc"]) == float(r["pgd_acc"]) == float(r["clean_acc"])
+        assert 0 <= float(r["pgd_acc"]) <= float(r["clean_acc"])
+    assert [r[k] for r in rows[:3] for k in ("fgs_acc", "pgd_acc")] == \
+        [r[k] for r in rows[3:] for k in ("fgs_acc", "pgd_acc")]  # same model, same seed
+
+
+def test_targeted(cli, checkpoint, tmp_path):
+    code, out, err = cli("targeted", "--checkpoint", checkpoint, "--out", tmp_path,
+                         "--images", 4, "--steps", 2, "--searches", 2)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "targeted.json").read_text())
+    with open(tmp_path / "targeted.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert summary["attacks"] == len(rows) == 4 * 9
+    assert sum(s["attacks"] for s in summary["per_target"].values()) == 4 * 9
+    assert all(r["label"] != r["target"] for r in rows)
+    found = [r for r in rows if r["found"] == "True"]
+    assert summary["found_within_1"] == pytest.approx(len(found) / len(rows))
+    for r in found:
+        assert float(r["linf"]) <= float(r["smallest_eps"]) + 1e-6
+    assert (tmp_path / "targeted-grid.png").read_bytes().startswith(PNG)
+
+
+def test_fooling(cli, checkpoint, tmp_path):
+    code, out, err = cli("fooling", "--checkpoint", checkpoint, "--out", tmp_path,
+                         "--images", 12, "--show", 2)
+    assert code == 0, err
+    r = json.loads((tmp_path / "fooling.json").read_text())
+    assert len(r["per_class_rate"]) == 10 and sum(r["noise_predicted_as"]) == 12
+    assert r["fooling_rate"] == pytest.approx(np.mean(r["per_class_rate"]))
+    assert "fooling images are classified as their target" in out
+    assert (tmp_path / "fooling.png").read_bytes().startswith(PNG)
+
+
+def test_without_a_checkpoint_a_model_is_trained_once(cli, tmp_path, monkeypatch):
+    run_dir = tmp_path / "default-model"
+    monkeypatch.setattr(common, "DEFAULT_TRAINING",
+                        ("--mode", "standard", "--epochs", "1", *SMALL, "--out", str(run_dir)))
+    args = ("fooling", "--out", tmp_path / "fooling", "--images", 2)
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "training: python train.py" in out and "epoch 1/1" in out
+    assert (run_dir / "checkpoint.npz").is_file()
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "already has 1 epochs" in out and "epoch 1/1" not in out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (("gallery", "--checkpoint", "missing.npz"), "no checkpoint file at missing.npz"),
+    (("curve", "--compare", "{bad}"), "is not a readable checkpoint"),
+])
+def test_bad_checkpoint_is_one_sentence(cli, checkpoint, tmp_path, argv, fragment):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a checkpoint")
+    argv = [str(a).replace("{bad}", str(bad)) for a in argv]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", checkpoint]
+    code, out, err = cli(*argv, "--out", tmp_path / "out", "--images", 2)
+    assert code == 1
+    assert_one_sentence(err.replace(f"attack.py {argv[0]}: error", "train.py: error"), fragment)
+
+
+@pytest.mark.parametrize("argv", [("curve", "--eps", "2"), ("targeted", "--eps", "0"),
+                                  ("gallery", "--images", "0"), ("nonsense",),
+                                  ("fooling", "--alpha", "x")])
+def test_bad_flag_is_an_argparse_error(cli, argv):
+    code, out, err = cli(*argv)
+    assert code == 2 and "error:" in err and "Traceback" not in err
+
+
+def test_train_measures_pgd_without_changing_training(cli, tmp_path):
+    plain, with_pgd = tmp_path / "plain", tmp_path / "pgd"
+    assert cli(*SMALL, "--epochs", 2, "--out", plain, main=train.main)[0] == 0
+    code, out, err = cli(*SMALL, "--epochs", 2, "--out", with_pgd, "--pgd-images", 10,
+                         "--pgd-steps", 2, main=train.main)
+    assert code == 0, err
+    assert "PGD" in out
+    a, b = read_rows(plain), read_rows(with_pgd)
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    for row in b:
+        assert int(row["pgd_n_correct"]) <= 10
+        assert 0 <= float(row["pgd_acc"]) <= 1 and 0 <= float(row["pgd_robust_acc"]) <= 1
+    code, out, err = cli(*SMALL, "--epochs", 3, "--out", with_pgd, "--resume", main=train.main)
+    assert code == 1 and "--pgd-images None (now" not in err and "--pgd-images 10" in err
+
+
+def test_pgd_steps_needs_pgd_images(cli, tmp_path):
+    code, out, err = cli("--pgd-steps", 3, "--out", tmp_path, main=train.main)
+    assert code == 2 and "--pgd-steps needs --pgd-images" in err
+
+
+def test_train_halves_are_disjoint(cli, tmp_path, monkeypatch):
+    seen = {}
+    epoch = train.train_epoch
+
+    def recording(model, optimizer, step, images, labels, *args, **kwargs):
+        seen[len(seen) + 1] = images
+        return epoch(model, optimizer, step, images, labels, *args, **kwargs)
+    monkeypatch.setattr(train, "train_epoch", recording)
+    for half in (1, 2):
+        code, out, err = cli(*SMALL, "--epochs", 1, "--train-half", half,
+                             "--out", tmp_path / str(half), main=train.main)
+        assert code == 0, err
+        assert "on 48 images" in out
+    images = load_mnist("train", limit=96)[0]
+    np.testing.assert_array_equal(seen[1], images[:48])
+    np.testing.assert_array_equal(seen[2], images[48:])
+    assert train.parse_args(["--train-half", "2"]).out.name == "standard-seed0-half2"
