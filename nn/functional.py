@@ -327,6 +327,18 @@ def softmax_cross_entropy(logits, targets):
     return loss, (xp.exp(log_p) - onehot) / N
 
 
+def mse_loss(out, target):
+    """Squared error summed over each sample's values and averaged over the batch, and its gradient.
+
+    out (N, ...) float, target like out -> loss (0-d array), dout like out.
+    loss = sum((out - target)^2) / N; dL/dout = 2 (out - target) / N.
+    """
+    xp = xp_of(out, target)
+    diff = out - target
+    N = out.shape[0]
+    return xp.sum(diff * diff) / N, (2.0 / N) * diff
+
+
 def softmax(logits):
     """Class probabilities (N, K) from logits (N, K), stable for any logits."""
     xp = xp_of(logits)

@@ -9,7 +9,7 @@ uses the parameter gradients.
 import numpy as np
 
 from .backend import device_of, to_numpy, xp_of
-from .layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
+from .layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sigmoid
 
 
 class Sequential:
@@ -118,3 +118,18 @@ def reference_cnn(batch_norm=False, rng=None):
         return [Conv2d(c_in, c_out, 5, rng=rng), *norm, MaxPool2d(2), ReLU()]
 
     return Sequential(*block(1, 32), *block(32, 64), Flatten(), Dense(64 * 4 * 4, 10, rng=rng))
+
+
+def dense_autoencoder(code=32, hidden=256, rng=None):
+    """A small dense autoencoder for 1x28x28 images in [0, 1]: (N, 1, 28, 28) -> (N, 784).
+
+    Encoder Flatten -> Dense(784 -> hidden) -> ReLU -> Dense(hidden -> code); decoder
+    Dense(code -> hidden) -> ReLU -> Dense(hidden -> 784) -> Sigmoid, so that the reconstruction
+    is a flat image in (0, 1). The code layer is linear: no code unit can die, and the bottleneck
+    of `code` numbers is what forces the network to learn the shapes of digits.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    return Sequential(Flatten(), Dense(28 * 28, hidden, rng=rng), ReLU(),
+                      Dense(hidden, code, rng=rng),
+                      Dense(code, hidden, rng=rng), ReLU(),
+                      Dense(hidden, 28 * 28, rng=rng), Sigmoid())

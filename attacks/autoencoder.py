@@ -1,0 +1,71 @@
+"""Attacking an autoencoder: a small change of the input that makes it reconstruct another image.
+
+A classifier is fooled when its *label* changes; an autoencoder AE is fooled when its
+*reconstruction* turns into something else (Tabacof et al. 2016, Kos et al. 2017). Given a
+source image x and a target reconstruction r (for example AE of an image of another digit),
+the attack looks for x + d with |d| <= eps in every pixel and x + d in [0, 1] such that
+AE(x + d) is close to r. It is the targeted PGD of `attacks/iterative.py` with the squared
+reconstruction distance ||AE(x + d) - r||^2 in place of the cross-entropy: signed steps down
+its gradient with respect to the input, each followed by a projection into the allowed box.
+"""
+from nn.backend import device_of, xp_of
+from nn.functional import mse_loss
+
+from .gradient import eval_mode
+from .iterative import _per_image, _project
+
+
+def reconstruct(ae, x):
+    """AE(x) in eval mode: x (N, 1, 28, 28) -> (N, D) reconstructions (D = 784)."""
+    with eval_mode(ae):
+        return ae.forward(x)
+
+
+def reconstruction_distance(ae, x, target):
+    """Per-image squared distance ||AE(x) - target||^2: x (N, 1, 28, 28), target (N, D) -> (N,)."""
+    xp = xp_of(x)
+    diff = reconstruct(ae, x) - target
+    return xp.sum(diff * diff, axis=1)
+
+
+def distance_and_gradient(ae, x, target):
+    """(per-image distance (N,), dL/dx like x) for L = mse_loss(AE(x), target) = mean distance.
+
+    One forward and one backward pass in eval mode: mse_loss gives dL/dAE(x) = 2 (AE(x) - r) / N
+    and `ae.backward` carries it to the pixels. Each image's distance depends on its own pixels
+    only, so dL/dx[n] is the gradient of image n's distance divided by N (the sign is the same).
+    """
+    xp = xp_of(x)
+    with eval_mode(ae):
+        out = ae.forward(x)
+        _, dout = mse_loss(out, target)
+        dx, _ = ae.backward(dout)
+    diff = out - target
+    return xp.sum(diff * diff, axis=1), dx
+
+
+def autoencoder_attack(ae, x, target, eps=0.1, steps=100, step=None):
+    """Projected signed-gradient descent of ||AE(x + d) - target||^2 in the L-infinity ball.
+
+    x (N, 1, 28, 28) in [0, 1]; target (N, D) reconstructions to aim at; eps and step scalars
+    or (N,) per-image values; step defaults to 2.5 * eps / steps. Each step:
+    x_adv <- clip(x_adv - step * sign(dL/dx_adv), max(x - eps, 0), min(x + eps, 1)).
+    Signed steps of a fixed size end up circling the minimum, so the function returns, per
+    image, the iterate (x itself included) with the smallest distance: never worse than x.
+    Returns x_adv like x with |x_adv - x| <= eps and 0 <= x_adv <= 1. Runs in eval mode.
+    """
+    xp = xp_of(x)
+    if step is None:
+        step = 2.5 * eps / max(steps, 1)
+    eps, step = _per_image(eps, x), _per_image(step, x)
+    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    x_adv = best = x
+    best_dist = xp.full((x.shape[0],), float("inf"), dtype=x.dtype, device=device_of(x))
+    for i in range(steps + 1):
+        dist, dx = distance_and_gradient(ae, x_adv, target)
+        better = dist < best_dist
+        best = xp.where(xp.reshape(better, (-1,) + (1,) * (x.ndim - 1)), x_adv, best)
+        best_dist = xp.where(better, dist, best_dist)
+        if i < steps:
+            x_adv = _project(x_adv - step * xp.sign(dx), low, high)
+    return best
