@@ -1,0 +1,131 @@
+"""Tests for attacks/blackbox.py and `attack.py blackbox`.
+
+- the label oracle: labels only, every image counted, nothing answered past the budget;
+- Jacobian augmentation on a linear model whose logit gradients are its weight columns, on
+  every backend, and on a CNN: the oracle label's logit rises after a small step;
+- a tiny in-process run of the experiment, and its one-sentence errors.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import attack
+import train
+from attacks import predict
+from attacks.blackbox import LabelOracle, QueryBudgetExceeded, jacobian_augmentation
+from helpers import assert_like
+from nn import Conv2d, Dense, Flatten, ReLU, Sequential, reference_cnn
+from nn.gradcheck import as_float64
+
+
+def random_images(n, seed=0, shape=(1, 28, 28)):
+    return np.random.default_rng(seed).uniform(0, 1, (n, *shape)).astype(np.float32)
+
+
+def test_oracle_returns_only_labels_and_counts_every_image():
+    model = reference_cnn(rng=np.random.default_rng(1))
+    x = random_images(7)
+    oracle = LabelOracle(model)
+    labels = oracle(x[:3])
+    assert isinstance(labels, np.ndarray) and labels.dtype == np.int64 and labels.shape == (3,)
+    np.testing.assert_array_equal(labels, predict(model, x[:3]))
+    oracle(x)
+    oracle(x[:3])  # the same images again count again
+    assert oracle.queries == 13 and oracle.remaining is None
+
+
+def test_oracle_refuses_past_its_budget_without_counting():
+    oracle = LabelOracle(reference_cnn(rng=np.random.default_rng(1)), budget=10)
+    x = random_images(10)
+    oracle(x[:6])
+    with pytest.raises(QueryBudgetExceeded, match="at most 10 images"):
+        oracle(x[:5])
+    assert oracle.queries == 6 and oracle.remaining == 4
+    assert oracle(x[:4]).shape == (4,)
+    with pytest.raises(QueryBudgetExceeded):
+        oracle(x[:1])
+    assert oracle.queries == 10
+
+
+def linear(xp, dtype):
+    """Flatten -> Dense(4, 3): the gradient of logit k with respect to x is column k of W."""
+    model = Sequential(Flatten(), Dense(4, 3))
+    W = np.array([[1.0, -2.0, 0.5], [-1.0, 3.0, 0.0], [2.0, 1.0, -4.0], [-0.5, -1.0, 2.0]])
+    model.layers[1].params = {"W": W.astype(dtype), "b": np.array([0.1, -0.2, 0.3], dtype)}
+    return model.to(xp), W
+
+
+def test_jacobian_augmentation_on_every_backend(xp):
+    model, W = linear(xp, np.float32)
+    x_host = np.array([[0.5, 0.05, 0.98, 0.5], [0.2, 0.5, 0.0, 0.5], [0.5, 0.5, 0.5, 0.5]],
+                      np.float32).reshape(3, 1, 2, 2)
+    t_host = np.array([0, 1, 2])
+    x, t = xp.asarray(x_host), xp.asarray(t_host)
+    out = jacobian_augmentation(model, x, t, lam=0.1)
+    expected = np.clip(x_host + 0.1 * np.sign(W[:, t_host].T).reshape(x_host.shape), 0, 1)
+    assert_like(out, expected, x)
+    assert expected[0].ravel()[1] == 0.0 and expected[0].ravel()[2] == 1.0  # both clips happen
+    assert_like(jacobian_augmentation(model, x, t, lam=-0.1),
+                np.clip(x_host - 0.1 * np.sign(W[:, t_host].T).reshape(x_host.shape), 0, 1), x)
+
+
+def test_jacobian_augmentation_climbs_the_labels_logit():
+    rng = np.random.default_rng(3)
+    model = as_float64(Sequential(Conv2d(1, 4, 3, rng=rng), ReLU(), Flatten(),
+                                  Dense(4 * 6 * 6, 10, rng=rng)))
+    x = random_images(6, shape=(1, 8, 8)).astype(np.float64)
+    t = np.arange(6)
+    model.train()
+    new = jacobian_augmentation(model, x, t, lam=1e-4)
+    assert model.training  # the mode is restored
+    assert new.shape == x.shape and np.all(np.abs(new - x) <= 1e-4 + 1e-12)
+    before, after = model.forward(x)[t, t], model.forward(new)[t, t]
+    assert np.all(after > before)
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("victim")
+    assert train.main(["--train-limit", "300", "--test-limit", "20", "--epochs", "1",
+                       "--out", str(folder)]) == 0
+    return folder / "checkpoint.npz"
+
+
+def run_blackbox(victim, out, *flags):
+    return attack.main(["blackbox", "--checkpoint", str(victim), "--out", str(out),
+                        "--images", "30", "--steps", "2", "--substitute-steps", "8", *flags])
+
+
+def test_blackbox_cli_writes_results(victim, tmp_path, capsys):
+    assert run_blackbox(victim, tmp_path / "out", "--budgets", "20", "10") == 0
+    assert "jacobian, 20 queries" in capsys.readouterr().out
+    for name in ("blackbox.csv", "blackbox.json", "blackbox.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    result = json.loads((tmp_path / "out" / "blackbox.json").read_text())
+    rows = result["rows"]
+    assert [(r["method"], r["queries"]) for r in rows] == [
+        ("jacobian", 10), ("jacobian", 20), ("random", 10), ("random", 20)]
+    assert result["held_out"] == 30 and result["eval_queries"] == 30 + 4 * 2 * 30
+    for r in rows:
+        assert r["eval_queries"] == 60
+        for key in ("agreement", "fgs_success", "pgd_success", "pgd_success_on_substitute"):
+            assert 0.0 <= r[key] <= 1.0
+    # the same seed images, initialisation and shuffles: the first budget agrees across methods
+    assert rows[0]["agreement"] == rows[2]["agreement"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budgets", "10", "30"], "30 cannot follow 10"),
+    (["--budgets", "9990"], "more test images than the 10000"),
+])
+def test_blackbox_bad_budgets_are_one_sentence(victim, tmp_path, capsys, flags, message):
+    assert run_blackbox(victim, tmp_path / "out", *flags) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_blackbox_bad_flag_is_an_argparse_error(victim, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_blackbox(victim, tmp_path / "out", "--lam", "0")
+    assert exc.value.code == 2 and "--lam" in capsys.readouterr().err
