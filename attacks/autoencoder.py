@@ -12,7 +12,7 @@ from nn.backend import device_of, xp_of
 from nn.functional import mse_loss
 
 from .gradient import eval_mode
-from .iterative import _per_image, _project
+from .iterative import per_image, project
 
 
 def reconstruct(ae, x):
@@ -57,7 +57,7 @@ def autoencoder_attack(ae, x, target, eps=0.1, steps=100, step=None):
     xp = xp_of(x)
     if step is None:
         step = 2.5 * eps / max(steps, 1)
-    eps, step = _per_image(eps, x), _per_image(step, x)
+    eps, step = per_image(eps, x), per_image(step, x)
     low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
     x_adv = best = x
     best_dist = xp.full((x.shape[0],), float("inf"), dtype=x.dtype, device=device_of(x))
@@ -67,5 +67,5 @@ def autoencoder_attack(ae, x, target, eps=0.1, steps=100, step=None):
         best = xp.where(xp.reshape(better, (-1,) + (1,) * (x.ndim - 1)), x_adv, best)
         best_dist = xp.where(better, dist, best_dist)
         if i < steps:
-            x_adv = _project(x_adv - step * xp.sign(dx), low, high)
+            x_adv = project(x_adv - step * xp.sign(dx), low, high)
     return best

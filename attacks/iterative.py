@@ -17,13 +17,13 @@ from nn.functional import softmax
 from .gradient import eval_mode, loss_and_gradients
 
 
-def _project(x_adv, low, high):
+def project(x_adv, low, high):
     """Clamp x_adv into [low, high] elementwise (the L-infinity ball intersected with [0, 1])."""
     xp = xp_of(x_adv)
     return xp.minimum(xp.maximum(x_adv, low), high)
 
 
-def _per_image(value, x):
+def per_image(value, x):
     """A scalar, or one value per image (N,), as an array broadcastable against x (N, C, H, W)."""
     xp = xp_of(x)
     value = xp.asarray(value, dtype=x.dtype, device=device_of(x))
@@ -39,13 +39,13 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None):
     max(x - eps, 0), min(x + eps, 1)). Runs in eval mode; returns x_adv like x.
     """
     xp = xp_of(x)
-    eps, step = _per_image(eps, x), _per_image(step, x)
+    eps, step = per_image(eps, x), per_image(step, x)
     low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
-    x_adv = x if start is None else _project(start, low, high)
+    x_adv = x if start is None else project(start, low, high)
     with eval_mode(model):
         for _ in range(steps):
             dx = loss_and_gradients(model, x_adv, labels).dx
-            x_adv = _project(x_adv + (direction * step) * xp.sign(dx), low, high)
+            x_adv = project(x_adv + (direction * step) * xp.sign(dx), low, high)
     return x_adv
 
 
@@ -53,7 +53,7 @@ def uniform_start(x, eps, rng):
     """x + uniform(-eps, eps) noise per pixel, from host generator rng (numpy.random.Generator)."""
     xp = xp_of(x)
     noise = rng.uniform(-1.0, 1.0, size=x.shape).astype(np.float32)
-    return x + _per_image(eps, x) * xp.asarray(noise, dtype=x.dtype, device=device_of(x))
+    return x + per_image(eps, x) * xp.asarray(noise, dtype=x.dtype, device=device_of(x))
 
 
 def pgd(model, x, t, eps=0.3, step=None, steps=20, random_start=False, rng=None):

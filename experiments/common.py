@@ -26,10 +26,10 @@ class ExperimentError(Exception):
     """The experiment cannot run (one sentence for the user)."""
 
 
-def add_common_arguments(parser, name, images=1000):
-    parser.add_argument("--checkpoint", type=Path,
-                        help="a train.py checkpoint.npz to attack (default: train a standard CNN "
-                             "for 3 epochs into runs/standard-seed0, or reuse the one there)")
+def add_common_arguments(parser, name, images=1000, checkpoint_help=None):
+    parser.add_argument("--checkpoint", type=Path, help=checkpoint_help or (
+        "a train.py checkpoint.npz to attack (default: train a standard CNN for 3 epochs into "
+        "runs/standard-seed0, or reuse the one there)"))
     parser.add_argument("--out", type=Path, default=Path("runs") / f"attack-{name}",
                         help="folder for the experiment's numbers and figures")
     parser.add_argument("--images", type=train._positive_int, default=images,

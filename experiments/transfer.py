@@ -23,13 +23,11 @@ from .common import (host, load_model, on_model, out_dir, progress, test_set, tr
                      write_csv, write_json)
 from .figures import plt
 
-DEFAULTS = {"images": 1000}
+DEFAULTS = {"images": 1000, "checkpoint_help": "a train.py checkpoint.npz to add to the "
+            "matrix as one more network (default: none)"}
 
 
 def add_arguments(p):
-    # the common --checkpoint help describes the single-model experiments; say what it does here
-    p._option_string_actions["--checkpoint"].help = (
-        "a train.py checkpoint.npz to add to the matrix as one more network (default: none)")
     p.add_argument("--modes", nargs="+", choices=["standard", "noise", "adversarial"],
                    default=["standard", "adversarial"],
                    help="train.py --mode of the networks; two networks (one per half) each")
