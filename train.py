@@ -4,6 +4,7 @@
 
 Each epoch prints one line and updates the run folder: metrics.csv, accuracy.png and
 checkpoint.npz (from which --resume continues). settings.json records the run's flags.
+--pgd-images N adds PGD accuracy on the first N test images to every epoch's evaluation.
 """
 import argparse
 import csv
