@@ -129,3 +129,24 @@ def test_blackbox_bad_flag_is_an_argparse_error(victim, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_blackbox(victim, tmp_path / "out", "--lam", "0")
     assert exc.value.code == 2 and "--lam" in capsys.readouterr().err
+
+
+def test_augmentation_step_starts_down_the_logit_and_flips_every_tau_rounds():
+    from experiments.blackbox import augmentation_step
+    assert [augmentation_step(r, 0.1, 3) for r in range(7)] == [-0.1] * 3 + [0.1] * 3 + [-0.1]
+    assert [augmentation_step(r, 0.2, 1) for r in range(3)] == [-0.2, 0.2, -0.2]
+
+
+def test_augmentation_rounds_use_the_schedule(victim, tmp_path, monkeypatch):
+    import attacks.blackbox
+    from experiments import blackbox
+    steps = []
+
+    def recording(model, x, labels, lam):
+        steps.append(lam)
+        return attacks.blackbox.jacobian_augmentation(model, x, labels, lam)
+    monkeypatch.setattr(blackbox, "jacobian_augmentation", recording)
+    assert run_blackbox(victim, tmp_path / "out", "--budgets", "5", "10", "20", "40",
+                        "--methods", "jacobian", "--tau", "2") == 0
+    assert sorted(set(steps), key=steps.index) == [-0.1, 0.1]
+    assert steps[0] == -0.1 and steps[-1] == 0.1  # rounds 0, 1 down the logit, round 2 up
