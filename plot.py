@@ -54,7 +54,7 @@ def run_label(run_dir):
 
 
 def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
-    """Draw clean / FGS / FGV (/ PGD) accuracy (in %) over epochs for each run into out_path (PNG)."""
+    """Draw clean, FGS, FGV (and PGD) accuracy (%) over epochs for each run into out_path (PNG)."""
     metrics = [read_metrics(run) for run in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (run, m) in enumerate(zip(run_dirs, metrics)):

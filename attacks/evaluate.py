@@ -46,7 +46,8 @@ def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
     """Accuracy on clean images and under each attack, in eval mode; host images and labels in.
 
     images (N, C, H, W) float32 in [0, 1], labels (N,) int; attacks: name -> attack(model, x, t,
-    dx) (see default_attacks), by default FGS (alpha 0.3) and FGV (alpha 0.6). Returns a dict of floats:
+    dx) (see default_attacks), by default FGS (alpha 0.3) and FGV (alpha 0.6). Returns a dict of
+    floats:
       clean_acc, clean_loss, n (= N), n_correct;
       <name>_acc        fraction of the n_correct clean-correct images still correct after attack
                         (the exercise's measure), <name>_robust_acc the same count over all N,

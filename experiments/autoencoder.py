@@ -106,7 +106,7 @@ def autoencoder_for(args, xp):
 
 
 def in_batches(fn, model, *arrays):
-    """fn(*batch) over batches of EVAL_BATCH host images, moved to the model; host results joined."""
+    """fn(*batch) over batches of EVAL_BATCH host images moved to the model; host results joined."""
     parts = [common.host(fn(*(common.on_model(model, a[s]) for a in arrays)))
              for s in batch_slices(len(arrays[0]), EVAL_BATCH)]
     return np.concatenate(parts)
@@ -192,7 +192,7 @@ def run(args):
 
 
 def plot(path, classifier, images, labels, recon, src, tgt, shown, rows):
-    """Rows of pairs: original, AE(original), per eps the input x + d and AE(x + d), target, AE(target)."""
+    """Rows of pairs: original, AE(original), per eps x + d and AE(x + d), target, AE(target)."""
     src, tgt = src[:rows], tgt[:rows]
     read_src, read_tgt = classify(classifier, recon[src]), classify(classifier, recon[tgt])
     cols, titles, colours = [images[src], recon[src]], [], []
