@@ -78,7 +78,7 @@ def model_for(args):
     xp = namespace_for(args.device)
     if args.checkpoint is not None:
         return load_model(args.checkpoint, xp)[0], args.checkpoint
-    flags = [*DEFAULT_TRAINING, "--seed", str(args.seed)]
+    flags = [*DEFAULT_TRAINING, "--seed", str(args.seed), "--device", args.device]
     if args.data_dir is not None:
         flags += ["--data-dir", str(args.data_dir)]
     model, _, ckpt = train_model(flags, xp)
