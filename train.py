@@ -22,7 +22,7 @@ from attacks import (adversarial_step, default_attacks, evaluate, noise_step, pg
                      standard_step)
 from attacks.evaluate import batch_slices
 from data.mnist import MNISTError, load_mnist
-from nn import SGD, reference_cnn
+from nn import SGD, first_param, reference_cnn
 from nn.backend import DeviceError, namespace_for, reuse_host_memory, to_device, xp_of
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plot import RunError, plot_runs
@@ -124,7 +124,7 @@ def make_step(args, rng):
 
 def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc):
     """One pass over the shuffled training set; returns the mean loss of its batches."""
-    like = next(iter(model.params.values()))
+    like = first_param(model)
     order = rng.permutation(len(images))
     model.train()
     total, seen = 0.0, 0

@@ -28,7 +28,7 @@ from attacks.evaluate import batch_slices
 from data.mnist import load_mnist
 from gan import GAN_LOSSES, discriminator, discriminator_step, generator, generator_step
 from gan.fid import class_fractions, coverage, features_and_classes, frechet_distance
-from nn import SGD, Adam, reference_cnn
+from nn import SGD, Adam, first_param, reference_cnn
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train import TrainingError, _float_in, _int_at_least, run_cli, write_metrics
@@ -124,7 +124,7 @@ def train_classifier(path, data_dir, xp):
     rng = np.random.default_rng(0)
     model = reference_cnn(rng=rng).to(xp)
     optimizer = SGD(0.01, momentum=0.9)
-    like = next(iter(model.params.values()))
+    like = first_param(model)
     order = rng.permutation(len(images))
     with tqdm(total=len(order), desc="classifier", unit="img", leave=False,
               disable=not sys.stderr.isatty()) as bar:
@@ -162,10 +162,9 @@ def classifier_for(args, xp):
 
 def generate(G, z):
     """Host images (N, 1, 28, 28) float32 from host noise z (N, Z), in batches."""
-    like = next(iter(G.params.values()))
+    like = first_param(G)
     out = [to_numpy(G.forward(to_device(z[s], like))) for s in batch_slices(len(z), GEN_BATCH)]
-    for layer in G.layers:  # forward only: drop the caches no backward will use
-        layer._cache = None
+    G.clear_caches()  # forward only: no backward will use them
     return np.reshape(np.concatenate(out), (len(z), 1, 28, 28))
 
 
@@ -237,7 +236,7 @@ def _noise(rng, n, z_dim):
 def train_epoch(G, D, opt_g, opt_d, images, args, rng, desc, first_steps=None):
     """One pass over the shuffled training images: a D step per batch, a G step after every
     --d-steps of them. Returns the epoch's means; appends the first G steps to first_steps."""
-    like = next(iter(G.params.values()))
+    like = first_param(G)
     order = rng.permutation(len(images))
     sums = dict.fromkeys(("d_loss", "d_real", "d_fake", "g_loss", "g_d_fake", "grad_norm"), 0.0)
     n_d = n_g = 0

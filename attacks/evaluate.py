@@ -3,6 +3,7 @@ classified test images only, plus the robust accuracy over all images that paper
 import numpy as np
 
 from nn.backend import to_device, to_numpy, xp_of
+from nn.model import first_param
 
 from .gradient import eval_mode, fgs_step, fgv_step, loss_and_gradients
 from .iterative import pgd
@@ -35,7 +36,7 @@ def batch_slices(n, batch_size):
 
 def predict(model, images, batch_size=EVAL_BATCH):
     """Predicted labels (N,) on the host for host images (N, C, H, W), in eval mode."""
-    like = next(iter(model.params.values()))
+    like = first_param(model)
     xp = xp_of(like)
     with eval_mode(model):
         return np.concatenate([to_numpy(xp.argmax(model.forward(to_device(images[s], like)), axis=1))
@@ -58,7 +59,7 @@ def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
     nor FGV's per-image scaling sees.
     """
     attacks = default_attacks() if attacks is None else attacks
-    like = next(iter(model.params.values()))
+    like = first_param(model)
     xp = xp_of(like)
     totals = {"clean_loss": 0.0, "n_correct": 0}
     for name in attacks:

@@ -14,7 +14,7 @@ import train
 from attacks.autoencoder import autoencoder_attack, reconstruct
 from attacks.evaluate import EVAL_BATCH, batch_slices
 from data.mnist import load_mnist
-from nn import Adam, dense_autoencoder, mse_loss
+from nn import Adam, dense_autoencoder, first_param, mse_loss
 from nn.backend import namespace_for, xp_of
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -66,7 +66,7 @@ def _resume(path, settings, ae, opt):
 def train_epoch(ae, opt, images, rng, bar=None):
     """One epoch of Adam on mse_loss(AE(x), x) over host images (N, 1, 28, 28) in batches of
     BATCH, shuffled by host generator rng; returns the mean training loss (per image)."""
-    xp, total = xp_of(common.like(ae)), 0.0
+    xp, total = xp_of(first_param(ae)), 0.0
     order = rng.permutation(len(images))
     ae.train()
     for s in batch_slices(len(images), BATCH):

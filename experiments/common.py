@@ -14,7 +14,7 @@ from tqdm import tqdm
 import train
 from attacks import eval_mode
 from data.mnist import load_mnist
-from nn import reference_cnn, softmax
+from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, load_checkpoint
 
@@ -90,14 +90,9 @@ def test_set(args, limit=None):
     return load_mnist("test", args.data_dir, limit or args.images)
 
 
-def like(model):
-    """A parameter of `model`: its namespace, device and dtype stand for the model's."""
-    return next(iter(model.params.values()))
-
-
 def on_model(model, host):
     """Host array `host` moved to the model's namespace and device."""
-    return to_device(host, like(model))
+    return to_device(host, first_param(model))
 
 
 def out_dir(path):

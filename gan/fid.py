@@ -10,6 +10,7 @@ from attacks.evaluate import EVAL_BATCH, batch_slices
 from attacks.gradient import eval_mode
 from nn.backend import to_device, to_numpy, xp_of
 from nn.layers import Flatten
+from nn.model import first_param
 
 NUM_CLASSES = 10
 
@@ -28,7 +29,7 @@ def features_and_classes(model, images, batch_size=EVAL_BATCH):
     features are the output of its Flatten layer, the classes the argmax of the layers after it.
     """
     k = _flatten_index(model) + 1
-    like = next(iter(model.params.values()))
+    like = first_param(model)
     xp = xp_of(like)
     images = np.reshape(images, (len(images), 1, 28, 28))
     feats, classes = [], []
@@ -41,8 +42,7 @@ def features_and_classes(model, images, batch_size=EVAL_BATCH):
             for layer in model.layers[k:]:
                 h = layer.forward(h)
             classes.append(to_numpy(xp.argmax(h, axis=1)))
-    for layer in model.layers:  # forward only: drop the caches no backward will use
-        layer._cache = None
+    model.clear_caches()  # forward only: no backward will use them
     return np.concatenate(feats), np.concatenate(classes)
 
 

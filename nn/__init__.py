@@ -3,5 +3,5 @@ from .backend import to_device, to_numpy, xp_of
 from .functional import mse_loss, softmax, softmax_cross_entropy
 from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, LeakyReLU, MaxPool2d,
                      ReLU, Sigmoid, Tanh)
-from .model import Sequential, dense_autoencoder, reference_cnn
+from .model import Sequential, dense_autoencoder, first_param, reference_cnn
 from .optim import SGD, Adam, add_grads

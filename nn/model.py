@@ -101,8 +101,21 @@ class Sequential:
                 for name, old in store.items():
                     store[name] = new_value(f"{i}.{name}", old)
 
+    def clear_caches(self):
+        """Drop what every layer kept for a backward pass (after forward passes that need none)."""
+        for layer in self.layers:
+            layer._cache = None
+
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  ({i}) {l!r}\n" for i, l in enumerate(self.layers)) + ")"
+
+
+def first_param(model):
+    """One parameter array of `model`: its namespace, device and dtype stand for the model's.
+
+    `to_device(host_array, first_param(model))` moves data to wherever the model lives.
+    """
+    return next(iter(model.params.values()))
 
 
 def reference_cnn(batch_norm=False, rng=None):

@@ -494,6 +494,16 @@ def test_backward_needs_its_own_forward(name):
         layer.backward(dout)
 
 
+def test_clear_caches_drops_what_backward_needs():
+    model = small_model(np.random.default_rng(0))
+    out = model.forward(np.random.default_rng(1).standard_normal((2, 1, 6, 8)))
+    assert all(layer._cache is not None for layer in model.layers)
+    model.clear_caches()
+    assert all(layer._cache is None for layer in model.layers)
+    with pytest.raises(RuntimeError):
+        model.backward(np.ones_like(out))
+
+
 # --- BatchNorm statistics and state dicts ----------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 2, 3)], ids=["1d", "2d"])
