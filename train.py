@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from attacks import (adversarial_step, default_attacks, evaluate, noise_step, pgd_attack,
-                     standard_step)
+                     pgd_step, standard_step)
 from attacks.evaluate import batch_slices
 from data.mnist import MNISTError, load_mnist
 from nn import SGD, first_param, reference_cnn
@@ -30,7 +30,7 @@ from plot import RunError, plot_runs
 # The flags that define a run: --resume refuses a checkpoint made with other values.
 RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alpha",
                 "noise_alpha", "seed", "train_limit", "test_limit", "train_half", "pgd_images",
-                "pgd_steps")
+                "pgd_steps", "pgd_train_steps")
 
 
 def _int_at_least(minimum):
@@ -67,15 +67,19 @@ def _float_in(low, high, low_open=False, high_open=False):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--mode", choices=["standard", "noise", "adversarial"], default="standard",
-                   help="train on clean, sign-noise or clean + FGS batches")
+    p.add_argument("--mode", choices=["standard", "noise", "adversarial", "pgd"],
+                   default="standard",
+                   help="train on clean, sign-noise, clean + FGS batches (the exercise), or on "
+                        "PGD batches only (Madry et al.)")
     p.add_argument("--bn", action="store_true", help="the reference CNN with BatchNorm")
     p.add_argument("--epochs", type=_positive_int, default=50)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=_float_in(0, math.inf, low_open=True, high_open=True), default=0.01)
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9)
     p.add_argument("--alpha", type=_float_in(0, 1), default=0.3,
-                   help="FGS step for adversarial training and for evaluation")
+                   help="FGS step for adversarial training and for evaluation; PGD's eps")
+    p.add_argument("--pgd-train-steps", type=_positive_int,
+                   help="PGD steps per batch in --mode pgd (default 7)")
     p.add_argument("--fgv-alpha", type=_float_in(0, 1), default=0.6, help="FGV step for evaluation")
     p.add_argument("--noise-alpha", type=_float_in(0, 1), default=0.3,
                    help="size of the random sign noise in --mode noise")
@@ -102,6 +106,10 @@ def parse_args(argv=None):
         p.error("--pgd-steps needs --pgd-images")
     if args.pgd_images is not None and args.pgd_steps is None:
         args.pgd_steps = 20
+    if args.pgd_train_steps is not None and args.mode != "pgd":
+        p.error("--pgd-train-steps needs --mode pgd")
+    if args.mode == "pgd" and args.pgd_train_steps is None:
+        args.pgd_train_steps = 7
     if args.out is None:
         limits = "".join(f"-{k}{v}" for k, v in (("t", args.train_limit), ("e", args.test_limit),
                                                   ("half", args.train_half)) if v)
@@ -119,6 +127,8 @@ def make_step(args, rng):
         return partial(noise_step, alpha=args.noise_alpha, rng=rng)
     if args.mode == "adversarial":
         return partial(adversarial_step, alpha=args.alpha)
+    if args.mode == "pgd":
+        return partial(pgd_step, eps=args.alpha, steps=args.pgd_train_steps, rng=rng)
     return standard_step
 
 

@@ -6,4 +6,4 @@ from .gradient import (eval_mode, fgs, fgs_step, fgv, fgv_step, input_gradient,
                        loss_and_gradients, sign_noise)
 from .iterative import (fooling_images, pgd, signed_steps, smallest_targeted, targeted_fgs,
                         targeted_pgd, uniform_start)
-from .training import adversarial_step, noise_step, standard_step
+from .training import adversarial_step, noise_step, pgd_step, standard_step

@@ -1,7 +1,9 @@
-"""One optimizer step of each training mode of the exercise: standard, noise and adversarial."""
+"""One optimizer step of each training mode: the exercise's standard, noise and adversarial
+steps, and PGD training (Madry et al.), the remedy for the gradient masking FGS training shows."""
 from nn.optim import add_grads
 
 from .gradient import fgs_step, loss_and_gradients, sign_noise
+from .iterative import pgd
 
 
 def standard_step(model, optimizer, x, t):
@@ -31,3 +33,14 @@ def adversarial_step(model, optimizer, x, t, alpha):
     total = add_grads(clean.grads, adv.grads)
     optimizer.step(model.params, total)
     return clean.loss + adv.loss
+
+
+def pgd_step(model, optimizer, x, t, eps, steps, rng):
+    """Madry et al.'s step: train on the PGD batch alone; returns its loss.
+
+    x_adv = pgd(x, eps, `steps` steps of 2.5 eps / steps, random start from host generator rng),
+    crafted in eval mode (BatchNorm on its running statistics, which crafting never changes), then
+    one optimizer step on J(x_adv). It costs steps + 1 forward and backward passes per batch.
+    """
+    x_adv = pgd(model, x, t, eps=eps, steps=steps, random_start=True, rng=rng)
+    return standard_step(model, optimizer, x_adv, t)

@@ -315,7 +315,9 @@ def softmax_cross_entropy(logits, targets):
 
     logits (N, K) float, targets (N,) integer in [0, K) -> loss (0-d array), dlogits (N, K).
     log p = z - max z - log sum exp(z - max z) (stable for any logits);
-    dL/dz = (softmax(z) - onehot(t)) / N.
+    dL/dz = (softmax(z) - onehot(t)) / N, with p_t - 1 taken as -sum_{j != t} p_j: where the
+    model is sure, p_t rounds to 1 in float32 and p_t - 1 to 0, while the other p_j keep their
+    digits; the rounded form would drop the push down on the true logit that attacks follow.
     """
     xp = xp_of(logits, targets)
     N, K = logits.shape
@@ -324,7 +326,8 @@ def softmax_cross_entropy(logits, targets):
     classes = xp.arange(K, device=device_of(logits))
     onehot = xp.astype(xp.reshape(targets, (N, 1)) == classes, logits.dtype)
     loss = -xp.sum(log_p * onehot) / N
-    return loss, (xp.exp(log_p) - onehot) / N
+    wrong = xp.exp(log_p) * (1.0 - onehot)
+    return loss, (wrong - onehot * xp.sum(wrong, axis=1, keepdims=True)) / N
 
 
 def mse_loss(out, target):

@@ -6,6 +6,7 @@
 - the evaluation protocol on a model whose answers the test controls;
 - the adversarial step's gradient sum, observed through a recording optimizer.
 """
+import copy
 import warnings
 
 import numpy as np
@@ -13,8 +14,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from attacks import (adversarial_step, default_attacks, eval_mode, evaluate, fgs, fgs_step,
-                     fgv, fgv_step, input_gradient, loss_and_gradients, noise_step, predict,
-                     sign_noise, standard_step)
+                     fgv, fgv_step, input_gradient, loss_and_gradients, noise_step, pgd, pgd_step,
+                     predict, sign_noise, standard_step)
 from attacks import training as training_module
 from helpers import assert_like
 from nn import (SGD, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential,
@@ -364,7 +365,7 @@ def test_attacks_on_every_backend(xp):
         assert result[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-6, nan_ok=True), k
 
 
-@pytest.mark.parametrize("mode", ["standard", "noise", "adversarial"])
+@pytest.mark.parametrize("mode", ["standard", "noise", "adversarial", "pgd"])
 def test_training_steps_on_every_backend(xp, mode):
     model_np, model, x_np, t_np, x, t = backend_case(xp)
     results = []
@@ -376,6 +377,8 @@ def test_training_steps_on_every_backend(xp, mode):
                 loss = standard_step(m, optimizer, xs, ts)
             elif mode == "noise":
                 loss = noise_step(m, optimizer, xs, ts, 0.3, np.random.default_rng(3))
+            elif mode == "pgd":
+                loss = pgd_step(m, optimizer, xs, ts, 0.3, 2, np.random.default_rng(3))
             else:
                 loss = adversarial_step(m, optimizer, xs, ts, 0.3)
         results.append((loss, m, optimizer))
@@ -552,9 +555,23 @@ def test_batch_size_does_not_change_the_evaluation_of_a_cnn(trained_cnn, mnist_s
     x, t = test_x[:14], test_t[:14]
     reference = evaluate(trained_cnn, x, t, batch_size=14)
     result = evaluate(trained_cnn, x, t, batch_size=batch_size)
+    # Counts are exact. Sizes are float32 means: the batch size changes the rounding, and two of
+    # these 14 images, which the model is sure of, have input gradients near 1e-9 whose float32
+    # direction (so their FGV L2 size) agrees with float64 to about 1% only.
     for k, v in reference.items():
         exact = k.startswith("n") or k.endswith("acc")
-        assert result[k] == (v if exact else pytest.approx(v, rel=1e-5)), k
+        assert result[k] == (v if exact else pytest.approx(v, rel=5e-3)), k
+
+
+def test_float32_evaluation_agrees_with_float64(trained_cnn, mnist_small):
+    # Fails if p_t - 1 is rounded away for sure images (the FGV L2 mean was then 18% too small).
+    _, (test_x, test_t) = mnist_small
+    x, t = test_x[:100], test_t[:100]
+    result = evaluate(trained_cnn, x, t)
+    exact = evaluate(as_float64(copy.deepcopy(trained_cnn)), x.astype(np.float64), t)
+    for k, v in exact.items():
+        close = pytest.approx(v, abs=0.011) if k.endswith("acc") else pytest.approx(v, rel=5e-3)
+        assert result[k] == (v if k.startswith("n") else close), k
 
 
 def test_evaluation_with_no_correct_image_gives_nan_not_an_error():
@@ -655,6 +672,19 @@ def test_standard_and_noise_steps_pass_their_batch_gradients():
     noisy = loss_and_gradients(ref, sign_noise(x, 0.3, np.random.default_rng(11)), t)
     assert_grads_equal(optimizer.calls[0][1], noisy.grads)
     assert float(loss) == float(noisy.loss)
+
+
+def test_pgd_step_trains_on_the_pgd_batch_alone():
+    model = small_model().train()
+    ref = twin(model)
+    x, t = random_batch(5, 8, shape=(1, 8, 8), classes=3)
+    optimizer = RecordingOptimizer()
+    loss = pgd_step(model, optimizer, x, t, 0.2, 3, np.random.default_rng(4))
+    x_adv = pgd(ref, x, t, eps=0.2, steps=3, random_start=True, rng=np.random.default_rng(4))
+    adv = loss_and_gradients(ref.train(), x_adv, t)
+    assert_grads_equal(optimizer.calls[0][1], adv.grads)
+    assert float(loss) == float(adv.loss)
+    assert model.training  # crafting ran in eval mode and gave train mode back
 
 
 def test_a_real_step_lowers_the_training_loss():

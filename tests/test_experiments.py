@@ -145,9 +145,23 @@ def test_train_measures_pgd_without_changing_training(cli, tmp_path):
     assert code == 1 and "--pgd-images None (now" not in err and "--pgd-images 10" in err
 
 
-def test_pgd_steps_needs_pgd_images(cli, tmp_path):
-    code, out, err = cli("--pgd-steps", 3, "--out", tmp_path, main=train.main)
-    assert code == 2 and "--pgd-steps needs --pgd-images" in err
+@pytest.mark.parametrize("argv, message", [
+    (("--pgd-steps", 3), "--pgd-steps needs --pgd-images"),
+    (("--pgd-train-steps", 3), "--pgd-train-steps needs --mode pgd"),
+    (("--mode", "adversarial", "--pgd-train-steps", 3), "--pgd-train-steps needs --mode pgd"),
+])
+def test_pgd_flags_need_their_partner(cli, tmp_path, argv, message):
+    code, out, err = cli(*argv, "--out", tmp_path, main=train.main)
+    assert code == 2 and message in err
+
+
+def test_pgd_training_settings(cli, tmp_path):
+    assert train.parse_args(["--mode", "pgd"]).pgd_train_steps == 7
+    assert train.parse_args(["--mode", "standard"]).pgd_train_steps is None  # old runs resume
+    code, out, err = cli(*SMALL, "--mode", "pgd", "--pgd-train-steps", 2, "--epochs", 1,
+                         "--out", tmp_path, main=train.main)
+    assert code == 0, err
+    assert json.loads((tmp_path / "settings.json").read_text())["pgd_train_steps"] == 2
 
 
 def test_train_halves_are_disjoint(cli, tmp_path, monkeypatch):

@@ -261,6 +261,17 @@ def test_softmax_cross_entropy_huge_logits_stay_finite():
     assert loss32.dtype == np.float32 and np.isfinite(loss32) and np.all(np.isfinite(d32))
 
 
+def test_softmax_cross_entropy_keeps_the_true_class_gradient_of_a_sure_float32_model():
+    # a margin of 27 (as a trained CNN gives): p_t rounds to 1 in float32, p_t - 1 would be 0
+    logits = np.array([[27.2, -10.9, 3.1, -0.2, 4.1, 7.3], [1.0, 30.0, 0.0, 2.0, -5.0, 3.0]])
+    targets = np.array([0, 1])
+    _, d64 = F.softmax_cross_entropy(logits, targets)
+    _, d32 = F.softmax_cross_entropy(logits.astype(np.float32), targets)
+    assert d32.dtype == np.float32
+    assert np.all(d32[[0, 1], targets] < 0)
+    np.testing.assert_allclose(d32, d64, rtol=1e-5, atol=0)
+
+
 # --- directional checks on drawn shapes ------------------------------------------------------
 
 @st.composite

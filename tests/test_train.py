@@ -93,7 +93,7 @@ def base_copy(runs, tmp_path):
 # --- smoke runs ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bn", [False, True])
-@pytest.mark.parametrize("mode", ["standard", "noise", "adversarial"])
+@pytest.mark.parametrize("mode", ["standard", "noise", "adversarial", "pgd"])
 def test_smoke_run(cli, tmp_path, mode, bn):
     out_dir = tmp_path / "run"
     code, out, err = cli("--mode", mode, *(["--bn"] if bn else []), *FAST, "--epochs", 1,
