@@ -30,7 +30,7 @@ from plot import RunError, plot_runs
 # The flags that define a run: --resume refuses a checkpoint made with other values.
 RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alpha",
                 "noise_alpha", "seed", "train_limit", "test_limit", "train_half", "pgd_images",
-                "pgd_steps", "pgd_train_steps")
+                "pgd_steps", "pgd_train_steps", "pgd_warmup")
 
 
 def _int_at_least(minimum):
@@ -80,6 +80,9 @@ def parse_args(argv=None):
                    help="FGS step for adversarial training and for evaluation; PGD's eps")
     p.add_argument("--pgd-train-steps", type=_positive_int,
                    help="PGD steps per batch in --mode pgd (default 7)")
+    p.add_argument("--pgd-warmup", type=_float_in(0, math.inf, high_open=True),
+                   help="in --mode pgd, epochs over which PGD's eps grows linearly from 0 to "
+                        "--alpha (default 1; at full eps from the start the CNN stays at chance)")
     p.add_argument("--fgv-alpha", type=_float_in(0, 1), default=0.6, help="FGV step for evaluation")
     p.add_argument("--noise-alpha", type=_float_in(0, 1), default=0.3,
                    help="size of the random sign noise in --mode noise")
@@ -106,10 +109,11 @@ def parse_args(argv=None):
         p.error("--pgd-steps needs --pgd-images")
     if args.pgd_images is not None and args.pgd_steps is None:
         args.pgd_steps = 20
-    if args.pgd_train_steps is not None and args.mode != "pgd":
-        p.error("--pgd-train-steps needs --mode pgd")
-    if args.mode == "pgd" and args.pgd_train_steps is None:
-        args.pgd_train_steps = 7
+    for flag, default in (("pgd_train_steps", 7), ("pgd_warmup", 1.0)):
+        if getattr(args, flag) is not None and args.mode != "pgd":
+            p.error(f"--{flag.replace('_', '-')} needs --mode pgd")
+        if args.mode == "pgd" and getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.out is None:
         limits = "".join(f"-{k}{v}" for k, v in (("t", args.train_limit), ("e", args.test_limit),
                                                   ("half", args.train_half)) if v)
@@ -122,18 +126,28 @@ class TrainingError(Exception):
 
 
 def make_step(args, rng):
-    """The optimizer step of the chosen mode, as step(model, optimizer, x, t) -> loss."""
-    if args.mode == "noise":
-        return partial(noise_step, alpha=args.noise_alpha, rng=rng)
-    if args.mode == "adversarial":
-        return partial(adversarial_step, alpha=args.alpha)
+    """The optimizer step of the chosen mode, as step(model, optimizer, x, t, progress) -> loss.
+
+    progress: the epochs completed so far, counted in fractions (0.5 is half the first epoch);
+    only --mode pgd uses it, for its eps warm-up.
+    """
     if args.mode == "pgd":
-        return partial(pgd_step, eps=args.alpha, steps=args.pgd_train_steps, rng=rng)
-    return standard_step
+        def step(model, optimizer, x, t, progress):
+            ramp = min(1.0, progress / args.pgd_warmup) if args.pgd_warmup else 1.0
+            return pgd_step(model, optimizer, x, t, eps=args.alpha * ramp,
+                            steps=args.pgd_train_steps, rng=rng)
+        return step
+    if args.mode == "noise":
+        step = partial(noise_step, alpha=args.noise_alpha, rng=rng)
+    elif args.mode == "adversarial":
+        step = partial(adversarial_step, alpha=args.alpha)
+    else:
+        step = standard_step
+    return lambda model, optimizer, x, t, progress: step(model, optimizer, x, t)
 
 
-def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc):
-    """One pass over the shuffled training set; returns the mean loss of its batches."""
+def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc, done=0):
+    """One pass over the shuffled training set after `done` epochs; returns its mean batch loss."""
     like = first_param(model)
     order = rng.permutation(len(images))
     model.train()
@@ -145,7 +159,7 @@ def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 # a diverging step overflows inside the model: the check below says so once
                 loss = float(step(model, optimizer, to_device(images[idx], like),
-                                  to_device(labels[idx], like)))
+                                  to_device(labels[idx], like), done + s.start / len(order)))
             if not math.isfinite(loss):
                 raise TrainingError(f"the training loss became {loss} in {desc}, batch "
                                     f"{s.start // batch_size + 1}; try a smaller --lr")
@@ -249,7 +263,7 @@ def run(args):
     for epoch in range(start + 1, args.epochs + 1):
         t0 = time.perf_counter()
         loss = train_epoch(model, optimizer, step, train_x, train_t, args.batch_size, rng,
-                           desc=f"epoch {epoch}/{args.epochs}")
+                           desc=f"epoch {epoch}/{args.epochs}", done=epoch - 1)
         t1 = time.perf_counter()
         metrics = evaluate(model, test_x, test_t, attacks)
         if args.pgd_images:

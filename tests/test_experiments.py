@@ -149,6 +149,8 @@ def test_train_measures_pgd_without_changing_training(cli, tmp_path):
     (("--pgd-steps", 3), "--pgd-steps needs --pgd-images"),
     (("--pgd-train-steps", 3), "--pgd-train-steps needs --mode pgd"),
     (("--mode", "adversarial", "--pgd-train-steps", 3), "--pgd-train-steps needs --mode pgd"),
+    (("--pgd-warmup", 2), "--pgd-warmup needs --mode pgd"),
+    (("--mode", "pgd", "--pgd-warmup", -1), "expected a number in [0, inf)"),
 ])
 def test_pgd_flags_need_their_partner(cli, tmp_path, argv, message):
     code, out, err = cli(*argv, "--out", tmp_path, main=train.main)
@@ -162,6 +164,24 @@ def test_pgd_training_settings(cli, tmp_path):
                          "--out", tmp_path, main=train.main)
     assert code == 0, err
     assert json.loads((tmp_path / "settings.json").read_text())["pgd_train_steps"] == 2
+
+
+@pytest.mark.parametrize("warmup, expected", [
+    (1, [0.0, 0.1, 0.2, 0.3, 0.3, 0.3]),   # 3 batches an epoch: eps grows over the first epoch
+    (0, [0.3] * 6),
+    (4, [0.0, 0.025, 0.05, 0.075, 0.1, 0.125]),
+])
+def test_pgd_training_warms_eps_up(cli, tmp_path, monkeypatch, warmup, expected):
+    seen = []
+
+    def recording(model, optimizer, x, t, eps, steps, rng):
+        seen.append(eps)
+        return train.standard_step(model, optimizer, x, t)
+    monkeypatch.setattr(train, "pgd_step", recording)
+    code, out, err = cli(*SMALL, "--mode", "pgd", "--pgd-warmup", warmup, "--epochs", 2,
+                         "--out", tmp_path, main=train.main)
+    assert code == 0, err
+    assert seen == pytest.approx(expected)
 
 
 def test_train_halves_are_disjoint(cli, tmp_path, monkeypatch):
