@@ -180,17 +180,24 @@ def checkpoint_state(model, optimizer, rng, epoch, settings, history):
     return arrays, meta
 
 
-def restore(path, settings, model, optimizer, rng):
-    """Load checkpoint `path` into model, optimizer and rng; returns (epoch, history)."""
+def load_for_resume(path, settings, names=RUN_SETTINGS):
+    """(arrays, meta) of checkpoint `path`; a TrainingError if it is unreadable or was made
+    with other values of the flags `names` than `settings` holds."""
     try:
         arrays, meta = load_checkpoint(path)
     except CheckpointError as exc:
         raise TrainingError(f"--resume: {exc}") from None
     changed = [f"--{k.replace('_', '-')} {meta['settings'].get(k)} (now {settings[k]})"
-               for k in RUN_SETTINGS if meta["settings"].get(k) != settings[k]]
+               for k in names if meta["settings"].get(k) != settings[k]]
     if changed:
         raise TrainingError(f"--resume: the checkpoint {path} was made with other settings: "
                             + ", ".join(changed))
+    return arrays, meta
+
+
+def restore(path, settings, model, optimizer, rng):
+    """Load checkpoint `path` into model, optimizer and rng; returns (epoch, history)."""
+    arrays, meta = load_for_resume(path, settings)
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
     optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")},
                               like=model.params)

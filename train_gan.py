@@ -31,7 +31,8 @@ from gan.fid import class_fractions, coverage, features_and_classes, frechet_dis
 from nn import SGD, Adam, first_param, reference_cnn
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train import TrainingError, _float_in, _int_at_least, run_cli, write_metrics
+from train import (TrainingError, _float_in, _int_at_least, load_for_resume, run_cli,
+                   write_metrics)
 
 import matplotlib  # noqa: E402  (train imports plot, which has chosen the Agg backend already)
 
@@ -291,15 +292,7 @@ def checkpoint_state(G, D, opt_g, opt_d, rng, epoch, settings, history):
 
 def restore(path, settings, G, D, opt_g, opt_d, rng):
     """Load checkpoint `path` into both models, both optimizers and rng -> (epoch, history)."""
-    try:
-        arrays, meta = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise TrainingError(f"--resume: {exc}") from None
-    changed = [f"--{k.replace('_', '-')} {meta['settings'].get(k)} (now {settings[k]})"
-               for k in RUN_SETTINGS if meta["settings"].get(k) != settings[k]]
-    if changed:
-        raise TrainingError(f"--resume: the checkpoint {path} was made with other settings: "
-                            + ", ".join(changed))
+    arrays, meta = load_for_resume(path, settings, RUN_SETTINGS)
 
     def part(prefix):
         return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}

@@ -28,7 +28,7 @@ DEFAULTS = {"images": 1000, "checkpoint_help": "a train.py checkpoint.npz to add
 
 
 def add_arguments(p):
-    p.add_argument("--modes", nargs="+", choices=["standard", "noise", "adversarial"],
+    p.add_argument("--modes", nargs="+", choices=["standard", "noise", "adversarial", "pgd"],
                    default=["standard", "adversarial"],
                    help="train.py --mode of the networks; two networks (one per half) each")
     p.add_argument("--epochs", type=_positive_int, default=3, help="train.py --epochs")
