@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from experiments.common import ExperimentError, add_common_arguments
-from train import run_cli
+from train import HelpFormatter, run_cli
 
 # name -> what it shows; each is a module experiments/<name>.py with add_arguments and run
 EXPERIMENTS = {
@@ -31,7 +31,7 @@ def parse_args(argv=None):
     for name, help_text in EXPERIMENTS.items():
         module = importlib.import_module(f"experiments.{name}")
         p = sub.add_parser(name, help=help_text, description=module.__doc__.split("\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         add_common_arguments(p, name, **getattr(module, "DEFAULTS", {}))
         module.add_arguments(p)
         p.set_defaults(run=module.run)

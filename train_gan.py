@@ -31,8 +31,8 @@ from gan.fid import class_fractions, coverage, features_and_classes, frechet_dis
 from nn import SGD, Adam, first_param, reference_cnn
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train import (TrainingError, _float_in, _int_at_least, load_for_resume, run_cli,
-                   write_metrics)
+from train import (HelpFormatter, TrainingError, _float_in, _int_at_least, load_for_resume,
+                   run_cli, write_metrics)
 
 import matplotlib  # noqa: E402  (train imports plot, which has chosen the Agg backend already)
 
@@ -52,7 +52,7 @@ GEN_BATCH = 500    # images per generator forward when sampling for the score
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--gan-loss", choices=GAN_LOSSES, default="nonsaturating",
                    help="generator cost: minimax E[log(1 - D(G(z)))] or non-saturating "
                         "E[-log D(G(z))]")

@@ -201,3 +201,16 @@ def test_train_halves_are_disjoint(cli, tmp_path, monkeypatch):
     np.testing.assert_array_equal(seen[1], images[:48])
     np.testing.assert_array_equal(seen[2], images[48:])
     assert train.parse_args(["--train-half", "2"]).out.name == "standard-seed0-half2"
+
+
+@pytest.mark.parametrize("argv", [["gallery"], ["curve"], ["targeted"], ["fooling"], ["transfer"],
+                                  ["blackbox"], ["autoencoder"]])
+def test_every_help_gives_defaults_but_never_none(cli, argv):
+    code, out, err = cli(*argv, "--help")
+    assert code == 0 and f"(default: runs/attack-{argv[0]})" in out
+    assert "None" not in out
+
+
+def test_train_help_gives_defaults_but_never_none(cli):
+    code, out, err = cli("--help", main=train.main)
+    assert code == 0 and "(default: 0.3)" in out and "None" not in out
