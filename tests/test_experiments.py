@@ -1,6 +1,7 @@
-"""Tests for attack.py's gallery, curve, targeted and fooling experiments, and for train.py's
---pgd-images and --train-half. Everything runs in-process on a CNN trained for one epoch on 96
-images, with a handful of test images per experiment."""
+"""Tests for attack.py's gallery, curve, targeted and fooling experiments, for train.py's
+--pgd-images, --train-half and PGD training flags, and for every --help. Everything runs
+in-process on a CNN trained for one epoch on 96 images, with a handful of test images per
+experiment."""
 import csv
 import json
 import sys

@@ -138,7 +138,8 @@ def test_entry_point_runs_as_a_script(tmp_path):
 
 @pytest.mark.parametrize("flags", [["--mode", "standard"], ["--mode", "noise"],
                                    ["--mode", "adversarial", "--bn"],
-                                   ["--mode", "pgd", "--pgd-train-steps", "2", "--pgd-warmup", "2"]],
+                                   ["--mode", "pgd", "--pgd-train-steps", "2",
+                                    "--pgd-warmup", "2"]],
                          ids=["standard", "noise", "adversarial-bn", "pgd-warmup"])
 def test_resume_equals_an_uninterrupted_run(cli, tmp_path, flags):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
