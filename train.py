@@ -1,6 +1,6 @@
 """Train the exercise's CNN on MNIST and evaluate it against FGS and FGV after every epoch.
 
-    python train.py --mode adversarial            # or standard, noise; --bn adds BatchNorm
+    python train.py --mode adversarial            # or standard, noise, pgd; --bn adds BatchNorm
 
 Each epoch prints one line and updates the run folder: metrics.csv, accuracy.png and
 checkpoint.npz (from which --resume continues). settings.json records the run's flags.
