@@ -24,7 +24,7 @@ from attacks.evaluate import batch_slices
 from data.mnist import MNISTError, load_mnist
 from nn import SGD, first_param, reference_cnn
 from nn.backend import DeviceError, namespace_for, reuse_host_memory, to_device, xp_of
-from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, section
 from plot import RunError, plot_runs
 
 # The flags that define a run: --resume refuses a checkpoint made with other values.
@@ -204,9 +204,8 @@ def load_for_resume(path, settings, names=RUN_SETTINGS):
 def restore(path, settings, model, optimizer, rng):
     """Load checkpoint `path` into model, optimizer and rng; returns (epoch, history)."""
     arrays, meta = load_for_resume(path, settings)
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")},
-                              like=model.params)
+    model.load_state_dict(section(arrays, "model"))
+    optimizer.load_state_dict(section(arrays, "optim"), like=model.params)
     rng.bit_generator.state = meta["rng"]
     return meta["epoch"], meta["history"]
 

@@ -30,7 +30,7 @@ from gan import GAN_LOSSES, discriminator, discriminator_step, generator, genera
 from gan.fid import class_fractions, coverage, features_and_classes, frechet_distance
 from nn import SGD, Adam, first_param, reference_cnn
 from nn.backend import namespace_for, to_device, to_numpy
-from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, section
 from train import (HelpFormatter, TrainingError, _float_in, _int_at_least, load_for_resume,
                    run_cli, write_metrics)
 
@@ -109,7 +109,7 @@ def load_classifier(path, bn, xp):
         raise TrainingError(f"--classifier: {exc}") from None
     model = reference_cnn(batch_norm=bn).to(xp)
     try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        model.load_state_dict(section(arrays, "model"))
     except ValueError as exc:
         which = ("with BatchNorm (from --classifier-bn or its settings.json)" if bn else
                  "without BatchNorm (add --classifier-bn if it has BatchNorm)")
@@ -293,13 +293,10 @@ def checkpoint_state(G, D, opt_g, opt_d, rng, epoch, settings, history):
 def restore(path, settings, G, D, opt_g, opt_d, rng):
     """Load checkpoint `path` into both models, both optimizers and rng -> (epoch, history)."""
     arrays, meta = load_for_resume(path, settings, RUN_SETTINGS)
-
-    def part(prefix):
-        return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
-    G.load_state_dict(part("G"))
-    D.load_state_dict(part("D"))
-    opt_g.load_state_dict(part("opt_g"), like=G.params)
-    opt_d.load_state_dict(part("opt_d"), like=D.params)
+    G.load_state_dict(section(arrays, "G"))
+    D.load_state_dict(section(arrays, "D"))
+    opt_g.load_state_dict(section(arrays, "opt_g"), like=G.params)
+    opt_d.load_state_dict(section(arrays, "opt_d"), like=D.params)
     rng.bit_generator.state = meta["rng"]
     return meta["epoch"], meta["history"]
 

@@ -16,7 +16,7 @@ from attacks import eval_mode
 from data.mnist import load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
-from nn.checkpoint import CheckpointError, load_checkpoint
+from nn.checkpoint import CheckpointError, load_checkpoint, section
 
 # train.py's flags for the model an experiment trains when no --checkpoint is given
 DEFAULT_TRAINING = ("--mode", "standard", "--epochs", "3")
@@ -49,7 +49,7 @@ def load_model(path, xp):
     settings = meta.get("settings", {})
     model = reference_cnn(batch_norm=bool(settings.get("bn", False))).to(xp)
     try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        model.load_state_dict(section(arrays, "model"))
     except ValueError as exc:
         raise ExperimentError(f"{path} does not hold a reference CNN of train.py: {exc}") from None
     return model.eval(), settings

@@ -40,3 +40,8 @@ def load_checkpoint(path):
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from None
     return arrays, meta
+
+
+def section(arrays, prefix):
+    """The arrays saved under `prefix` ("model.W0" with prefix "model" -> "W0")."""
+    return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}

@@ -22,7 +22,7 @@ import train
 from attacks import default_attacks, evaluate, standard_step
 from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
-from nn.checkpoint import CheckpointError, load_checkpoint
+from nn.checkpoint import CheckpointError, load_checkpoint, section
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--train-limit", "200", "--test-limit", "100"]
@@ -429,7 +429,7 @@ def test_checkpoint_holds_the_whole_state(runs):
     rng.bit_generator.state = meta["rng"]  # a valid generator state
 
     # the stored model is the one evaluated in the last row of metrics.csv
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    model.load_state_dict(section(arrays, "model"))
     test_x, test_t = load_mnist("test", limit=50)
     result = evaluate(model, test_x, test_t, default_attacks(0.3, 0.6))
     last = read_rows(runs["bn"])[-1]
