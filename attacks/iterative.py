@@ -30,23 +30,43 @@ def per_image(value, x):
     return xp.reshape(value, (-1,) + (1,) * (x.ndim - 1)) if value.ndim else value
 
 
-def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None):
+def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, keep_first=True):
     """`steps` projected signed-gradient steps from `start` (default x) within eps of x.
 
     x (N, C, H, W) in [0, 1]; labels (N,) the classes whose cross-entropy J is followed;
     eps and step scalars or (N,) per-image values; direction +1 climbs J (untargeted), -1
     descends it (targeted). Each step: x_adv <- clip(x_adv + direction * step * sign(dJ/dx_adv),
     max(x - eps, 0), min(x + eps, 1)). Runs in eval mode; returns x_adv like x.
+
+    keep_first: per image, return the first iterate that succeeds (argmax != labels when
+    untargeted, == labels when targeted), so that an image broken by any iterate counts as
+    broken even if later steps wander back; the last iterate where none succeeds. Each step's
+    forward pass already classifies its iterate; only the last iterate costs one more forward.
     """
     xp = xp_of(x)
     eps, step = per_image(eps, x), per_image(step, x)
     low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
     x_adv = x if start is None else project(start, low, high)
+    found = xp.zeros(x.shape[0], dtype=xp.bool, device=device_of(x))
+    first = x_adv
     with eval_mode(model):
-        for _ in range(steps):
-            dx = loss_and_gradients(model, x_adv, labels).dx
-            x_adv = project(x_adv + (direction * step) * xp.sign(dx), low, high)
-    return x_adv
+        for i in range(steps + keep_first):
+            if i == steps:  # the last iterate: a forward pass only
+                logits, dx = model.forward(x_adv), None
+                model.clear_caches()
+            else:
+                r = loss_and_gradients(model, x_adv, labels)
+                logits, dx = r.logits, r.dx
+            if keep_first:
+                hit = (xp.argmax(logits, axis=1) == labels) == (direction < 0)
+                new = per_image(xp.astype(hit & ~found, x.dtype), x)
+                first, found = new * x_adv + (1 - new) * first, found | hit
+            if dx is not None:
+                x_adv = project(x_adv + (direction * step) * xp.sign(dx), low, high)
+    if not keep_first:
+        return x_adv
+    done = per_image(xp.astype(found, x.dtype), x)
+    return done * first + (1 - done) * x_adv
 
 
 def uniform_start(x, eps, rng):
@@ -56,18 +76,22 @@ def uniform_start(x, eps, rng):
     return x + per_image(eps, x) * xp.asarray(noise, dtype=x.dtype, device=device_of(x))
 
 
-def pgd(model, x, t, eps=0.3, step=None, steps=20, random_start=False, rng=None):
+def pgd(model, x, t, eps=0.3, step=None, steps=20, random_start=False, rng=None,
+        keep_first=True):
     """Untargeted PGD in the L-infinity ball: x (N, C, H, W) in [0, 1], t (N,) -> x_adv like x.
 
     step defaults to 2.5 * eps / steps (Madry et al.), enough to cross the ball and come back.
     random_start begins at a uniform random point of the ball (needs rng); otherwise at x, so
     that the first step with step = eps is exactly FGS. |x_adv - x| <= eps, 0 <= x_adv <= 1.
+    Per image the first misclassified iterate is returned (keep_first); PGD training (Madry et
+    al.) passes keep_first=False and trains on the last iterate.
     """
     step = 2.5 * eps / steps if step is None else step
     if random_start and rng is None:
         raise ValueError("pgd: random_start needs rng, a numpy.random.Generator")
     start = uniform_start(x, eps, rng) if random_start else None
-    return signed_steps(model, x, t, eps, step, steps, direction=1.0, start=start)
+    return signed_steps(model, x, t, eps, step, steps, direction=1.0, start=start,
+                        keep_first=keep_first)
 
 
 def targeted_pgd(model, x, target, eps=0.3, step=None, steps=20):

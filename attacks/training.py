@@ -38,9 +38,10 @@ def adversarial_step(model, optimizer, x, t, alpha):
 def pgd_step(model, optimizer, x, t, eps, steps, rng):
     """Madry et al.'s step: train on the PGD batch alone; returns its loss.
 
-    x_adv = pgd(x, eps, `steps` steps of 2.5 eps / steps, random start from host generator rng),
+    x_adv = pgd(x, eps, `steps` steps of 2.5 eps / steps, random start from host generator rng,
+    last iterate),
     crafted in eval mode (BatchNorm on its running statistics, which crafting never changes), then
     one optimizer step on J(x_adv). It costs steps + 1 forward and backward passes per batch.
     """
-    x_adv = pgd(model, x, t, eps=eps, steps=steps, random_start=True, rng=rng)
+    x_adv = pgd(model, x, t, eps=eps, steps=steps, random_start=True, rng=rng, keep_first=False)
     return standard_step(model, optimizer, x_adv, t)

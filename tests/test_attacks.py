@@ -680,7 +680,8 @@ def test_pgd_step_trains_on_the_pgd_batch_alone():
     x, t = random_batch(5, 8, shape=(1, 8, 8), classes=3)
     optimizer = RecordingOptimizer()
     loss = pgd_step(model, optimizer, x, t, 0.2, 3, np.random.default_rng(4))
-    x_adv = pgd(ref, x, t, eps=0.2, steps=3, random_start=True, rng=np.random.default_rng(4))
+    x_adv = pgd(ref, x, t, eps=0.2, steps=3, random_start=True, rng=np.random.default_rng(4),
+                keep_first=False)
     adv = loss_and_gradients(ref.train(), x_adv, t)
     assert_grads_equal(optimizer.calls[0][1], adv.grads)
     assert float(loss) == float(adv.loss)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from attacks import (evaluate, fgs, fooling_images, pgd, pgd_attack, smallest_targeted,
-                     targeted_fgs, targeted_pgd)
+from attacks import (eval_mode, evaluate, fgs, fooling_images, pgd, pgd_attack, signed_steps,
+                     smallest_targeted, targeted_fgs, targeted_pgd)
 from attacks.evaluate import default_attacks
 from helpers import assert_like
 from nn import softmax
@@ -24,16 +24,17 @@ W_LIN = np.array([4.0, -8.0, 2.0, 1.0])
 
 def test_pgd_on_a_linear_model_reaches_the_corner_of_the_ball():
     """The gradient of a linear model always points along -w (label 0): after enough steps
-    every pixel sits at x - eps sign(w), clipped, whatever the step size."""
+    every pixel sits at x - eps sign(w), clipped, whatever the step size (the last iterate:
+    keep_first=False)."""
     model = linear_model(W_LIN)
     x = images([0.5, 0.5, 0.5, 0.5], [0.05, 0.9, 0.5, 0.95])
     t = np.array([0, 0])
     expected = np.clip(x - 0.2 * np.sign(W_LIN).reshape(1, 1, 2, 2), 0, 1)
     for step, steps in ((0.2, 1), (0.05, 4), (0.03, 10), (0.5, 3)):
-        np.testing.assert_allclose(pgd(model, x, t, eps=0.2, step=step, steps=steps), expected,
-                                   atol=1e-12)
+        np.testing.assert_allclose(pgd(model, x, t, eps=0.2, step=step, steps=steps,
+                                       keep_first=False), expected, atol=1e-12)
     # 3 steps of 0.05 do not reach the corner: each pixel moved 0.15 (less where clipped)
-    np.testing.assert_allclose(pgd(model, x, t, eps=0.2, step=0.05, steps=3),
+    np.testing.assert_allclose(pgd(model, x, t, eps=0.2, step=0.05, steps=3, keep_first=False),
                                np.clip(x - 0.15 * np.sign(W_LIN).reshape(1, 1, 2, 2), 0, 1),
                                atol=1e-12)
 
@@ -95,8 +96,30 @@ def test_eps_zero_is_a_no_op(seed, bn, start):
 @given(seed=seeds, bn=st.booleans(), eps=st.floats(0.01, 0.5))
 def test_one_full_step_from_the_image_is_fgs(seed, bn, eps):
     x, t = random_batch(seed, 3)
-    np.testing.assert_array_equal(pgd(MODELS[bn], x, t, eps=eps, step=eps, steps=1),
+    np.testing.assert_array_equal(pgd(MODELS[bn], x, t, eps=eps, step=eps, steps=1,
+                                      keep_first=False),
                                   fgs(MODELS[bn], x, t, alpha=eps))
+
+
+@given(seed=seeds, bn=st.booleans(), steps=st.integers(1, 5), targeted=st.booleans())
+def test_keep_first_returns_the_first_successful_iterate(seed, bn, steps, targeted):
+    """Against a loop over the last iterates of 0, 1, ..., steps steps: per image, the first of
+    them that the model gets wrong (right, for a target), else the last one."""
+    model = MODELS[bn]
+    x, t = random_batch(seed, 6)
+    labels = (t + 1) % 10 if targeted else t
+    direction = -1.0 if targeted else 1.0
+    walk = [signed_steps(model, x, labels, 0.3, 0.1, k, direction, keep_first=False)
+            for k in range(steps + 1)]
+    with eval_mode(model):
+        hits = [(np.argmax(model.forward(w), axis=1) == labels) == targeted for w in walk]
+    expected = walk[-1].copy()
+    for i in range(len(x)):
+        first = next((k for k in range(steps + 1) if hits[k][i]), None)
+        if first is not None:
+            expected[i] = walk[first][i]
+    np.testing.assert_array_equal(signed_steps(model, x, labels, 0.3, 0.1, steps, direction),
+                                  expected)
 
 
 @given(seed=seeds, bn=st.booleans())
