@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from experiments.common import ExperimentError, add_common_arguments
-from train import HelpFormatter, run_cli
+from training.cli import HelpFormatter, run_cli
 
 # name -> what it shows; each is a module experiments/<name>.py with add_arguments and run
 EXPERIMENTS = {

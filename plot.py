@@ -4,72 +4,13 @@
 
 Each run folder holds the metrics.csv and settings.json that train.py writes. Colour tells the
 runs apart; line style tells clean (solid), FGS (dashed), FGV (dotted) and, when the run measured
-it, PGD (dash-dot) accuracy apart.
+it, PGD (dash-dot) accuracy apart (training/plots.py draws them).
 """
 import argparse
-import csv
-import json
 import sys
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"),
-          ("pgd_acc", "PGD", "-."))
-
-
-class RunError(Exception):
-    """A folder is not a readable run (one sentence naming it)."""
-
-
-def read_metrics(run_dir):
-    """Columns of run_dir/metrics.csv as a dict name -> list of floats."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise RunError(f"{run_dir} holds no metrics.csv: is it a run folder written by train.py?")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise RunError(f"{path} has no epochs yet")
-    try:
-        columns = {k: [float(r[k]) for r in rows] for k in rows[0]}
-    except (TypeError, ValueError) as exc:
-        raise RunError(f"{path} is damaged: {exc}") from None
-    if "epoch" not in columns:
-        raise RunError(f"{path} has no epoch column")
-    return columns
-
-
-def run_label(run_dir):
-    """'adversarial, BN' style label from the run's settings.json, else the folder name."""
-    try:
-        s = json.loads((Path(run_dir) / "settings.json").read_text())
-        return f"{s['mode']}{', BN' if s['bn'] else ''}"
-    except (OSError, ValueError, KeyError):
-        return Path(run_dir).name
-
-
-def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
-    """Draw clean, FGS, FGV (and PGD) accuracy (%) over epochs for each run into out_path (PNG)."""
-    metrics = [read_metrics(run) for run in run_dirs]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (run, m) in enumerate(zip(run_dirs, metrics)):
-        colour = f"C{i}"
-        for key, name, style in CURVES:
-            if key in m:
-                ax.plot(m["epoch"], [100 * v for v in m[key]], style, color=colour, marker=".",
-                        label=f"{run_label(run)}: {name}" if len(run_dirs) > 1 else name)
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=1 + (len(run_dirs) > 2))
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+from training.cli import RunError
+from training.plots import plot_runs
 
 
 def main(argv=None):

@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 
-import train
 from attacks.autoencoder import autoencoder_attack, reconstruct
 from attacks.evaluate import EVAL_BATCH, batch_slices
 from data.mnist import load_mnist
 from nn import Adam, dense_autoencoder, first_param, mse_loss
 from nn.backend import namespace_for, xp_of
 from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.cli import float_in, positive_int
 
 from . import common, figures
 
@@ -25,20 +25,20 @@ BATCH, LR = 128, 1e-3  # autoencoder training: Adam's usual learning rate
 
 
 def add_arguments(parser):
-    parser.add_argument("--ae-epochs", type=train._positive_int, default=10,
+    parser.add_argument("--ae-epochs", type=positive_int, default=10,
                         help="training epochs of the autoencoder")
-    parser.add_argument("--code", type=train._positive_int, default=32,
+    parser.add_argument("--code", type=positive_int, default=32,
                         help="size of the autoencoder's code (its bottleneck)")
-    parser.add_argument("--train-limit", type=train._positive_int,
+    parser.add_argument("--train-limit", type=positive_int,
                         help="train the autoencoder on the first N training images only")
-    parser.add_argument("--test-limit", type=train._positive_int,
+    parser.add_argument("--test-limit", type=positive_int,
                         help="use the first N test images (all 10,000 if not given) for the "
                              "reconstruction error and the targets")
-    parser.add_argument("--eps", type=train._float_in(0, 1), nargs="+", default=[0.1, 0.2, 0.3],
+    parser.add_argument("--eps", type=float_in(0, 1), nargs="+", default=[0.1, 0.2, 0.3],
                         help="L-infinity sizes of the perturbation")
-    parser.add_argument("--steps", type=train._positive_int, default=100,
+    parser.add_argument("--steps", type=positive_int, default=100,
                         help="signed-gradient steps of the attack")
-    parser.add_argument("--rows", type=train._positive_int, default=8,
+    parser.add_argument("--rows", type=positive_int, default=8,
                         help="pairs shown in the figure")
 
 

@@ -23,7 +23,7 @@ from attacks.blackbox import LabelOracle, QueryBudgetExceeded, jacobian_augmenta
 from attacks.evaluate import batch_slices
 from nn import Adam, reference_cnn
 from nn.backend import namespace_for
-from train import _float_in, _positive_int
+from training.cli import float_in, positive_int
 
 from .common import ExperimentError, model_for, on_model, out_dir, progress, test_set
 from .common import write_csv, write_json
@@ -34,20 +34,20 @@ DEFAULTS = {"images": 1000}
 
 
 def add_arguments(p):
-    p.add_argument("--budgets", type=_positive_int, nargs="+", default=[100, 200, 400, 800, 1600],
+    p.add_argument("--budgets", type=positive_int, nargs="+", default=[100, 200, 400, 800, 1600],
                    help="query budgets: images labelled by the oracle to train a substitute")
     p.add_argument("--methods", nargs="+", choices=["jacobian", "random"],
                    default=["jacobian", "random"], help="how the queried images are chosen")
-    p.add_argument("--lam", type=_float_in(0, 1, low_open=True), default=0.1,
+    p.add_argument("--lam", type=float_in(0, 1, low_open=True), default=0.1,
                    help="step of Jacobian-based dataset augmentation")
-    p.add_argument("--tau", type=_positive_int, default=3,
+    p.add_argument("--tau", type=positive_int, default=3,
                    help="augmentation rounds between flips of the step's sign")
-    p.add_argument("--alpha", type=_float_in(0, 1), default=0.3, help="FGS step and PGD eps")
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps")
-    p.add_argument("--substitute-steps", type=_positive_int, default=600,
+    p.add_argument("--alpha", type=float_in(0, 1), default=0.3, help="FGS step and PGD eps")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
+    p.add_argument("--substitute-steps", type=positive_int, default=600,
                    help="Adam steps that train each substitute, whatever its number of images")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="substitute batch size")
-    p.add_argument("--lr", type=_float_in(0, 1, low_open=True), default=1e-3, help="Adam step")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="substitute batch size")
+    p.add_argument("--lr", type=float_in(0, 1, low_open=True), default=1e-3, help="Adam step")
 
 
 def fit_substitute(images, labels, args, xp, desc):

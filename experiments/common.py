@@ -3,20 +3,20 @@
 An experiment is a module with `add_arguments(parser)` (its own flags) and `run(args)`; the flags
 below (--checkpoint, --out, --images, --seed, --data-dir, --device) come with every one.
 """
-import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-import train
 from attacks import eval_mode
 from data.mnist import load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, load_checkpoint, section
+from training import exercise
+from training.cli import TrainingError, int_at_least, positive_int
+from training.loop import progress_bar as progress
+from training.run_folder import write_csv
 
 # train.py's flags for the model an experiment trains when no --checkpoint is given
 DEFAULT_TRAINING = ("--mode", "standard", "--epochs", "3")
@@ -32,9 +32,9 @@ def add_common_arguments(parser, name, images=1000, checkpoint_help=None):
         "runs/standard-seed0, or reuse the one there)"))
     parser.add_argument("--out", type=Path, default=Path("runs") / f"attack-{name}",
                         help="folder for the experiment's numbers and figures")
-    parser.add_argument("--images", type=train._positive_int, default=images,
+    parser.add_argument("--images", type=positive_int, default=images,
                         help="how many test images (the first N) to attack")
-    parser.add_argument("--seed", type=train._int_at_least(0), default=0)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--data-dir", type=Path,
                         help="folder with the MNIST IDX files (default: the embedded copy)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -60,14 +60,14 @@ def train_model(train_flags, xp):
 
     A run folder that already holds the requested epochs is reused as it is.
     """
-    args = train.parse_args(list(train_flags))
+    args = exercise.parse_args(list(train_flags))
     ckpt = args.out / "checkpoint.npz"
     args.resume = ckpt.exists()
     print(f"training: python train.py {' '.join(train_flags)}{' --resume' if args.resume else ''}",
           flush=True)
     try:
-        train.run(args)
-    except train.TrainingError as exc:
+        exercise.run(args)
+    except TrainingError as exc:
         raise ExperimentError(f"training the model failed: {exc}") from None
     model, settings = load_model(ckpt, xp)
     return model, settings, ckpt
@@ -110,27 +110,12 @@ def write_json(path, data):
     tmp.replace(path)
 
 
-def write_csv(path, rows):
-    """Write a list of dicts with the same keys as CSV atomically."""
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def _plain(value):
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def progress(total, desc, unit="img"):
-    """A tqdm bar on a terminal; silent in logs (experiments print a line per stage instead)."""
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
 
 
 def predictions(model, x):

@@ -13,8 +13,8 @@ from attacks import evaluate
 from attacks.evaluate import pgd_attack
 from attacks.gradient import fgs_step
 from nn.backend import namespace_for
-from plot import run_label
-from train import _float_in, _positive_int
+from training.plots import run_label
+from training.cli import float_in, positive_int
 
 from .common import load_model, model_for, out_dir, test_set, write_csv
 from .figures import plt
@@ -23,9 +23,9 @@ DEFAULTS = {"images": 1000}
 
 
 def add_arguments(p):
-    p.add_argument("--eps", type=_float_in(0, 1), nargs="+",
+    p.add_argument("--eps", type=float_in(0, 1), nargs="+",
                    default=[round(0.05 * i, 2) for i in range(9)], help="attack sizes")
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
     p.add_argument("--compare", type=Path, nargs="+", default=[], metavar="CHECKPOINT",
                    help="more train.py checkpoints to measure and draw in the same figure")
 

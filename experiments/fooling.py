@@ -8,7 +8,7 @@ import numpy as np
 
 from attacks import fooling_images
 from attacks.evaluate import EVAL_BATCH, batch_slices
-from train import _float_in, _positive_int
+from training.cli import float_in, positive_int
 
 from .common import host, model_for, on_model, out_dir, predictions, progress, write_json
 from .figures import grid
@@ -17,8 +17,8 @@ DEFAULTS = {"images": 100}
 
 
 def add_arguments(p):
-    p.add_argument("--alpha", type=_float_in(0, 1), default=0.3, help="size of the one step")
-    p.add_argument("--show", type=_positive_int, default=4,
+    p.add_argument("--alpha", type=float_in(0, 1), default=0.3, help="size of the one step")
+    p.add_argument("--show", type=positive_int, default=4,
                    help="noise images (rows) in the figure")
 
 

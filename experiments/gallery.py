@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from attacks import fgs, fgv, pgd, targeted_pgd
-from plot import run_label
-from train import _float_in, _positive_int
+from training.plots import run_label
+from training.cli import float_in, positive_int
 
 from .common import host, model_for, on_model, out_dir, predictions, test_set, write_json
 from .figures import triplets
@@ -19,10 +19,10 @@ DEFAULTS = {"images": 8}
 
 
 def add_arguments(p):
-    p.add_argument("--alpha", type=_float_in(0, 1), default=0.3,
+    p.add_argument("--alpha", type=float_in(0, 1), default=0.3,
                    help="FGS step, and the L-infinity radius of PGD and targeted PGD")
-    p.add_argument("--fgv-alpha", type=_float_in(0, 1), default=0.6, help="FGV step")
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps")
+    p.add_argument("--fgv-alpha", type=float_in(0, 1), default=0.6, help="FGV step")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
 
 
 def run(args):

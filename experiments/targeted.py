@@ -10,7 +10,7 @@ import numpy as np
 
 from attacks import smallest_targeted, targeted_pgd
 from attacks.evaluate import EVAL_BATCH, batch_slices
-from train import _float_in, _positive_int
+from training.cli import float_in, positive_int
 
 from .common import (host, model_for, on_model, out_dir, predictions, progress, test_set,
                      write_csv, write_json)
@@ -20,10 +20,10 @@ DEFAULTS = {"images": 100}
 
 
 def add_arguments(p):
-    p.add_argument("--eps", type=_float_in(0, 1, low_open=True), default=0.2,
+    p.add_argument("--eps", type=float_in(0, 1, low_open=True), default=0.2,
                    help="L-infinity radius of the fixed-size targeted attack")
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps per attack")
-    p.add_argument("--searches", type=_positive_int, default=7,
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps per attack")
+    p.add_argument("--searches", type=positive_int, default=7,
                    help="bisection steps of the smallest-perturbation search (resolution "
                         "1 / 2**searches)")
 

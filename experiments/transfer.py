@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-import train
 from attacks import fgs, pgd, predict
 from attacks.evaluate import EVAL_BATCH, batch_slices
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint
-from train import _float_in, _positive_int
+from training.cli import float_in, positive_int
+from training.exercise import default_name, parse_args
 
 from .common import (host, load_model, on_model, out_dir, progress, test_set, train_model,
                      write_csv, write_json)
@@ -31,16 +31,16 @@ def add_arguments(p):
     p.add_argument("--modes", nargs="+", choices=["standard", "noise", "adversarial", "pgd"],
                    default=["standard", "adversarial"],
                    help="train.py --mode of the networks; two networks (one per half) each")
-    p.add_argument("--epochs", type=_positive_int, default=3, help="train.py --epochs")
+    p.add_argument("--epochs", type=positive_int, default=3, help="train.py --epochs")
     p.add_argument("--runs", type=Path,
                    help="folder for the networks' run folders, named as train.py names them "
                         "(default: the folder holding --out)")
-    p.add_argument("--train-limit", type=_positive_int,
+    p.add_argument("--train-limit", type=positive_int,
                    help="train.py --train-limit: split only the first N training images")
-    p.add_argument("--test-limit", type=_positive_int,
+    p.add_argument("--test-limit", type=positive_int,
                    help="train.py --test-limit: test images evaluated after each epoch")
-    p.add_argument("--alpha", type=_float_in(0, 1), default=0.3, help="FGS step and PGD eps")
-    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps")
+    p.add_argument("--alpha", type=float_in(0, 1), default=0.3, help="FGS step and PGD eps")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
 
 
 def train_flags(args, mode, half):
@@ -52,7 +52,7 @@ def train_flags(args, mode, half):
         if value is not None:
             flags += [flag, str(value)]
     runs = args.out.parent if args.runs is None else args.runs
-    return flags + ["--out", str(runs / train.parse_args(flags).out.name)]
+    return flags + ["--out", str(runs / default_name(parse_args(flags)))]
 
 
 def networks(args):

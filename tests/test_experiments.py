@@ -11,6 +11,7 @@ import pytest
 
 import attack
 import train
+from training import exercise
 from data.mnist import load_mnist
 from experiments import common
 from test_train import PNG, SMALL, assert_one_sentence, call, read_rows
@@ -177,8 +178,8 @@ def test_pgd_training_warms_eps_up(cli, tmp_path, monkeypatch, warmup, expected)
 
     def recording(model, optimizer, x, t, eps, steps, rng):
         seen.append(eps)
-        return train.standard_step(model, optimizer, x, t)
-    monkeypatch.setattr(train, "pgd_step", recording)
+        return exercise.standard_step(model, optimizer, x, t)
+    monkeypatch.setattr(exercise, "pgd_step", recording)
     code, out, err = cli(*SMALL, "--mode", "pgd", "--pgd-warmup", warmup, "--epochs", 2,
                          "--out", tmp_path, main=train.main)
     assert code == 0, err
@@ -187,12 +188,12 @@ def test_pgd_training_warms_eps_up(cli, tmp_path, monkeypatch, warmup, expected)
 
 def test_train_halves_are_disjoint(cli, tmp_path, monkeypatch):
     seen = {}
-    epoch = train.train_epoch
+    epoch = exercise.train_epoch
 
     def recording(model, optimizer, step, images, labels, *args, **kwargs):
         seen[len(seen) + 1] = images
         return epoch(model, optimizer, step, images, labels, *args, **kwargs)
-    monkeypatch.setattr(train, "train_epoch", recording)
+    monkeypatch.setattr(exercise, "train_epoch", recording)
     for half in (1, 2):
         code, out, err = cli(*SMALL, "--epochs", 1, "--train-half", half,
                              "--out", tmp_path / str(half), main=train.main)

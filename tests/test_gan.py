@@ -13,13 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gan.classifier
+import gan.run
 import train_gan
 from attacks import standard_step
 from data.mnist import load_mnist
 from gan import (classifier_features, class_histogram, discriminator, discriminator_step,
                  frechet_distance, generator, generator_loss, generator_step)
+from gan.classifier import load_classifier
 from gan.fid import coverage
 from nn import SGD, Adam, reference_cnn
+from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint, save_checkpoint
 from nn.functional import bce_with_logits
 from nn.gradcheck import as_float64, numerical_gradient, rel_error
@@ -278,7 +282,7 @@ def test_frechet_distance_handles_rank_deficient_covariances():
 
 def test_features_and_histogram_of_the_classifier(classifier):
     path, _ = classifier
-    model = train_gan.load_classifier(path, False, train_gan.namespace_for("cpu"))
+    model = load_classifier(path, False, namespace_for("cpu"))
     images, labels = load_mnist("test", limit=50)
     feats = classifier_features(model, images, batch_size=20)
     assert feats.shape == (50, 1024) and feats.dtype == np.float64
@@ -437,11 +441,12 @@ def test_run_errors_give_one_sentence(cli, capsys, tmp_path):
 def test_default_classifier_is_trained_once_and_cached(tmp_path, monkeypatch, capsys):
     """Without --classifier the reference CNN is trained (here on 128 images) and then reused."""
     cached = tmp_path / "classifier" / "checkpoint.npz"
-    monkeypatch.setattr(train_gan, "DEFAULT_CLASSIFIER", cached)
-    real_load = train_gan.load_mnist
-    monkeypatch.setattr(train_gan, "load_mnist",
-                        lambda split, data_dir=None, limit=None: real_load(split, data_dir,
-                                                                           limit or 128))
+    monkeypatch.setattr(gan.classifier, "DEFAULT_CLASSIFIER", cached)
+    monkeypatch.setattr(gan.run, "DEFAULT_CLASSIFIER", cached)
+    for module in (gan.classifier, gan.run):
+        monkeypatch.setattr(module, "load_mnist",
+                            lambda split, data_dir=None, limit=None: load_mnist(split, data_dir,
+                                                                                limit or 128))
     argv = ["--train-limit", 64, "--epochs", 1, "--fid-samples", 50]
     assert call([*argv, "--out", tmp_path / "a"]) == 0
     assert "training the reference CNN" in capsys.readouterr().out

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 import plot
+from training.plots import run_label
 import train
+from training import exercise
 from attacks import default_attacks, evaluate, standard_step
 from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
@@ -314,7 +316,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(cli, base_copy, monkeypatc
         calls.append(1)
         return float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(train, "standard_step", nan_on_second_batch)
+    monkeypatch.setattr(exercise, "standard_step", nan_on_second_batch)
     code, _, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 1
     assert_one_sentence(err, "the training loss became nan in epoch 2/2, batch 2")
@@ -336,7 +338,7 @@ def test_weights_broken_by_the_last_step_are_not_saved(cli, base_copy, monkeypat
                 p[...] = np.nan
         return loss
 
-    monkeypatch.setattr(train, "standard_step", poison_last_step)
+    monkeypatch.setattr(exercise, "standard_step", poison_last_step)
     code, _, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 1
     assert_one_sentence(err, "the weights became infinite or NaN in epoch 2/2")
@@ -360,7 +362,7 @@ def test_interrupt_keeps_the_last_checkpoint(cli, base_copy, monkeypatch):
     def interrupted(model, optimizer, x, t):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "standard_step", interrupted)
+    monkeypatch.setattr(exercise, "standard_step", interrupted)
     code, _, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 130
     assert "Traceback" not in err and "continue with --resume" in err
@@ -386,7 +388,7 @@ def test_plot_overlays_runs(plot_cli, runs, tmp_path):
     assert code == 0 and err == ""
     assert out_png.read_bytes().startswith(PNG)
     assert str(out_png) in out
-    assert plot.run_label(runs["bn"]) == "standard, BN"
+    assert run_label(runs["bn"]) == "standard, BN"
 
 
 @pytest.mark.parametrize("content", [None, ",".join(COLUMNS) + "\n"], ids=["missing", "empty"])
