@@ -284,6 +284,17 @@ def leaky_relu_backward(dout, cache):
     return xp_of(dout).where(positive, dout, negative_slope * dout)
 
 
+def dropout_forward(x, mask):
+    """out = x * mask, any shape; mask (like x) holds 0 for a dropped unit and 1 / (1 - p) for a
+    kept one (inverted dropout, as PyTorch: the expected output equals x)."""
+    return x * mask, mask
+
+
+def dropout_backward(dout, mask):
+    """dx = dout * mask."""
+    return dout * mask
+
+
 def sigmoid_forward(x):
     """out = 1 / (1 + exp(-x)), computed from exp(-|x|) so that it never overflows."""
     xp = xp_of(x)

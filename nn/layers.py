@@ -10,7 +10,7 @@ The maths lives in `nn/functional.py`. Parameters are initialised on the host fr
 import numpy as np
 
 from . import functional as F
-from .backend import xp_of
+from .backend import device_of, xp_of
 
 
 class Layer:
@@ -181,6 +181,40 @@ class LeakyReLU(Layer):
     def backward(self, dout, input_grad=True):
         cache = self._take_cache()
         return (F.leaky_relu_backward(dout, cache) if input_grad else None), {}
+
+
+class Dropout(Layer):
+    """Inverted dropout, any shape: in train mode each unit is zeroed with probability p and the
+    kept ones scaled by 1 / (1 - p); in eval mode the identity.
+
+    The masks are drawn on the host from `rng` (a numpy.random.Generator, or anything with its
+    `random(shape, dtype=...)`) and moved to the input's device; a run that checkpoints this
+    generator's state resumes with the same masks.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout needs 0 <= p < 1, got {p}")
+        self.p = p
+        self.rng = np.random.default_rng() if rng is None else rng
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._remember((None,))  # the identity: backward passes dout through
+            return x
+        keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p
+        mask = xp_of(x).asarray(keep.astype(np.float32) / np.float32(1 - self.p), dtype=x.dtype,
+                                device=device_of(x))
+        out, cache = F.dropout_forward(x, mask)
+        self._remember((cache,))
+        return out
+
+    def backward(self, dout, input_grad=True):
+        (mask,) = self._take_cache()
+        if not input_grad:
+            return None, {}
+        return (dout if mask is None else F.dropout_backward(dout, mask)), {}
 
 
 class Flatten(Layer):

@@ -12,8 +12,8 @@ from array_api_compat import array_namespace, device
 from helpers import assert_like
 from nn import functional as F
 from nn.backend import to_numpy
-from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, LeakyReLU, MaxPool2d,
-                       ReLU, Sigmoid, Tanh)
+from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, LeakyReLU,
+                       MaxPool2d, ReLU, Sigmoid, Tanh)
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD, Adam
 
@@ -60,6 +60,7 @@ LAYERS = {  # name: (factory, input shape)
     "sigmoid": (Sigmoid, (2, 3, 4)),
     "tanh": (Tanh, (2, 3, 4)),
     "flatten": (Flatten, (2, 3, 2, 2)),
+    "dropout": (lambda: Dropout(0.4, rng=np.random.default_rng(0)), (2, 3, 4)),  # same masks
 }
 
 

@@ -19,8 +19,8 @@ from hypothesis import assume, given, strategies as st
 
 from nn import functional as F
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
-from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, LeakyReLU, MaxPool2d,
-                       ReLU, Sigmoid, Tanh)
+from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, LeakyReLU,
+                       MaxPool2d, ReLU, Sigmoid, Tanh)
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD
 from reference import (conv2d_backward_loops, conv2d_forward_loops, max_pool2d_backward_loops,
@@ -160,6 +160,23 @@ def normal(rng, shape):
     return rng.standard_normal(shape)
 
 
+class SameDraws:
+    """Stands in for a Generator: every random() call returns the same draws, so a Dropout
+    layer keeps one mask over the many forward passes of a finite-difference check."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def random(self, shape, dtype=np.float64):
+        return np.random.default_rng(self.seed).random(shape, dtype=dtype)
+
+
+def dropout(p, seed, train=True):
+    layer = Dropout(p, rng=SameDraws(seed))
+    layer.training = train
+    return layer
+
+
 def _case(seed, make_layer, make_x):
     """A builder of (layer, x) from one seed: the same fixed case every time."""
     def build():
@@ -195,6 +212,9 @@ EXHAUSTIVE_CASES = {
     "sigmoid": _case(17, lambda r: Sigmoid(), lambda r: 2 * r.standard_normal((3, 5))),
     "tanh": _case(18, lambda r: Tanh(), lambda r: r.standard_normal((3, 5))),
     "flatten": _case(19, lambda r: Flatten(), lambda r: normal(r, (2, 3, 2, 2))),
+    "dropout-train": _case(20, lambda r: dropout(0.4, 20), lambda r: normal(r, (3, 2, 4))),
+    "dropout-eval": _case(21, lambda r: dropout(0.4, 21, train=False),
+                          lambda r: normal(r, (3, 5))),
 }
 
 
@@ -332,6 +352,7 @@ ELEMENTWISE = {
     "sigmoid": (Sigmoid, lambda rng, shape: 4 * rng.standard_normal(shape)),
     "tanh": (Tanh, lambda rng, shape: 2 * rng.standard_normal(shape)),
     "flatten": (Flatten, lambda rng, shape: rng.standard_normal(shape)),
+    "dropout": (lambda: dropout(0.3, 7), lambda rng, shape: rng.standard_normal(shape)),
 }
 
 
@@ -483,6 +504,8 @@ PROTOCOL_LAYERS = {
     "sigmoid": (Sigmoid, (2, 3)),
     "tanh": (Tanh, (2, 3)),
     "flatten": (Flatten, (2, 3, 2)),
+    "dropout": (lambda: dropout(0.5, 0), (2, 3)),
+    "dropout-eval": (lambda: dropout(0.5, 0, train=False), (2, 3)),
     "sequential": (lambda: small_model(np.random.default_rng(0)), (2, 1, 6, 8)),
 }
 
@@ -513,6 +536,31 @@ def test_clear_caches_drops_what_backward_needs():
     assert all(layer._cache is None for layer in model.layers)
     with pytest.raises(RuntimeError):
         model.backward(np.ones_like(out))
+
+
+def test_dropout_train_and_eval():
+    """Train mode zeroes about p of the units and scales the rest by 1 / (1 - p), with masks from
+    the layer's generator (the same seed, the same masks; a new mask every forward); eval mode
+    and p = 0 are the identity, forward and backward."""
+    x = np.random.default_rng(0).standard_normal((200, 50)).astype(np.float32)
+    layer = Dropout(0.3, rng=np.random.default_rng(5))
+    out = layer.forward(x)
+    assert out.dtype == np.float32
+    kept = out != 0
+    assert abs(1 - kept.mean() - 0.3) < 0.01
+    np.testing.assert_allclose(out[kept], x[kept] / 0.7, rtol=1e-6)
+    dx, grads = layer.backward(np.ones_like(x))
+    assert grads == {}
+    np.testing.assert_allclose(dx, kept / np.float32(0.7), rtol=1e-6)
+    np.testing.assert_array_equal(Dropout(0.3, rng=np.random.default_rng(5)).forward(x), out)
+    assert np.any((layer.forward(x) != 0) != kept)
+    layer.backward(np.ones_like(x))
+    for still in (Dropout(0.0, rng=np.random.default_rng(5)),
+                  Sequential(Dropout(0.3, rng=np.random.default_rng(5))).eval()):
+        np.testing.assert_array_equal(still.forward(x), x)
+        np.testing.assert_array_equal(still.backward(2 * x)[0], 2 * x)
+    with pytest.raises(ValueError):
+        Dropout(1.0)
 
 
 # --- BatchNorm statistics and state dicts ----------------------------------------------------
