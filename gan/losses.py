@@ -13,9 +13,11 @@ from nn.functional import bce_with_logits, sigmoid_forward, softplus
 GAN_LOSSES = ("minimax", "nonsaturating")
 
 
-def discriminator_loss(real_logits, fake_logits):
-    """BCE(real, 1) + BCE(fake, 0) -> (loss, dreal_logits, dfake_logits); logits (N,) or (N, 1)."""
-    real_loss, dreal = bce_with_logits(real_logits, 1.0)
+def discriminator_loss(real_logits, fake_logits, real_label=1.0):
+    """BCE(real, real_label) + BCE(fake, 0) -> (loss, dreal_logits, dfake_logits); logits (N,) or
+    (N, 1). real_label < 1 is one-sided label smoothing (Salimans et al. 2016): D is never
+    pushed to be surer than real_label on real images, the fake target stays 0."""
+    real_loss, dreal = bce_with_logits(real_logits, real_label)
     fake_loss, dfake = bce_with_logits(fake_logits, 0.0)
     return real_loss + fake_loss, dreal, dfake
 

@@ -5,7 +5,7 @@ discriminator: images (N, 784) or (N, 1, 28, 28) -> logit (N, 1); D(x) = sigmoid
 """
 import numpy as np
 
-from nn import Dense, Flatten, LeakyReLU, Sequential, Sigmoid
+from nn import Dense, Dropout, Flatten, LeakyReLU, Sequential, Sigmoid
 
 IMAGE_SIZE = 28 * 28
 
@@ -18,8 +18,13 @@ def generator(z_dim=100, rng=None):
                       Dense(512, IMAGE_SIZE, rng=rng), Sigmoid())
 
 
-def discriminator(rng=None):
-    """Flatten Dense(784, 512) LeakyReLU(0.2) Dense(512, 256) LeakyReLU(0.2) Dense(256, 1)."""
+def discriminator(rng=None, dropout=0.0):
+    """Flatten Dense(784, 512) LeakyReLU(0.2) Dense(512, 256) LeakyReLU(0.2) Dense(256, 1).
+
+    dropout > 0 adds a Dropout(dropout) after each LeakyReLU, drawing its masks from rng (after
+    the initial weights); dropout 0 leaves the layers, and so the parameter names, as above.
+    """
     rng = np.random.default_rng(0) if rng is None else rng
-    return Sequential(Flatten(), Dense(IMAGE_SIZE, 512, rng=rng), LeakyReLU(0.2),
-                      Dense(512, 256, rng=rng), LeakyReLU(0.2), Dense(256, 1, rng=rng))
+    drop = (lambda: [Dropout(dropout, rng=rng)]) if dropout > 0 else list
+    return Sequential(Flatten(), Dense(IMAGE_SIZE, 512, rng=rng), LeakyReLU(0.2), *drop(),
+                      Dense(512, 256, rng=rng), LeakyReLU(0.2), *drop(), Dense(256, 1, rng=rng))

@@ -31,7 +31,10 @@ from .training import discriminator_step, generator_step
 DESCRIPTION = "Train a generative adversarial network on MNIST with the hand-written layers of nn/."
 # The flags that define a run: --resume refuses a checkpoint made with other values.
 RUN_SETTINGS = ("gan_loss", "batch_size", "lr", "beta1", "d_steps", "z_dim", "seed",
-                "train_limit", "fid_samples", "classifier", "classifier_bn")
+                "train_limit", "fid_samples", "classifier", "classifier_bn", "d_lr", "d_dropout",
+                "real_label")
+# what a checkpoint made before --d-lr, --d-dropout and --real-label existed was trained with
+BEFORE_REMEDIES = {"d_lr": None, "d_dropout": 0.0, "real_label": 1.0}
 FIRST_STEPS = 50   # generator steps of epoch 1 recorded one by one in first_steps.csv
 
 
@@ -49,6 +52,13 @@ def parse_args(argv=None, prog=None):
                    help="Adam's first-moment decay (beta2 is 0.999)")
     p.add_argument("--d-steps", type=int_at_least(1), default=1,
                    help="discriminator steps (each on its own real batch) per generator step")
+    p.add_argument("--d-lr", type=positive_float,
+                   help="Adam learning rate of the discriminator (default: --lr)")
+    p.add_argument("--d-dropout", type=float_in(0, 1, high_open=True), default=0.0,
+                   help="dropout probability after each LeakyReLU of the discriminator")
+    p.add_argument("--real-label", type=float_in(0, 1, low_open=True), default=1.0,
+                   help="the discriminator's target for real images; below 1 is one-sided "
+                        "label smoothing")
     p.add_argument("--z-dim", type=int_at_least(1), default=100, help="size of the noise z")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--out", type=Path, help="run folder (default: runs/gan-<loss>-seed<seed>)")
@@ -90,7 +100,8 @@ def train_epoch(G, D, opt_g, opt_d, images, args, rng, desc, first_steps=None):
             idx = order[s]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 d = discriminator_step(G, D, opt_d, to_device(images[idx], like),
-                                       to_device(_noise(rng, len(idx), args.z_dim), like))
+                                       to_device(_noise(rng, len(idx), args.z_dim), like),
+                                       args.real_label)
             check_loss(d.loss, "discriminator loss", desc, i + 1)
             sums["d_loss"] += d.loss
             sums["d_real"] += d.d_real
@@ -140,12 +151,12 @@ def run(args):
 
     rng = np.random.default_rng(args.seed)
     G = generator(args.z_dim, rng=rng).to(xp)
-    D = discriminator(rng=rng).to(xp)
+    D = discriminator(rng=rng, dropout=args.d_dropout).to(xp)
     opt_g = Adam(args.lr, betas=(args.beta1, 0.999))
-    opt_d = Adam(args.lr, betas=(args.beta1, 0.999))
+    opt_d = Adam(args.lr if args.d_lr is None else args.d_lr, betas=(args.beta1, 0.999))
     ckpt, history = args.out / "checkpoint.npz", []
     if args.resume:
-        arrays, _, history = resume(ckpt, settings, RUN_SETTINGS, rng)
+        arrays, _, history = resume(ckpt, settings, RUN_SETTINGS, rng, older=BEFORE_REMEDIES)
         G.load_state_dict(section(arrays, "G"))
         D.load_state_dict(section(arrays, "D"))
         opt_g.load_state_dict(section(arrays, "opt_g"), like=G.params)

@@ -1,6 +1,7 @@
 """One alternating update of each GAN network: D on real and generated images, then G through D.
 
-Both networks stay in train mode (they have no BatchNorm, so the mode changes nothing). Each
+Both networks stay in train mode: D's dropout (if any) is on in both steps, as in Keras-style
+dense GANs; G has no mode-dependent layer. Each
 `Sequential` keeps one cache per layer, so every forward is followed by its own backward.
 """
 from typing import NamedTuple
@@ -19,7 +20,7 @@ def _mean_prob(logits):
 
 
 class DStep(NamedTuple):
-    loss: float     # BCE(D(x), 1) + BCE(D(G(z)), 0)
+    loss: float     # BCE(D(x), real_label) + BCE(D(G(z)), 0)
     d_real: float   # mean D(x), a probability, before the update
     d_fake: float   # mean D(G(z)), before the update
 
@@ -30,15 +31,16 @@ class GStep(NamedTuple):
     grad_norm: float  # mean over the batch of ||d loss_n / d G(z_n)||_2 (see generator_step)
 
 
-def discriminator_step(G, D, opt_d, x_real, z):
+def discriminator_step(G, D, opt_d, x_real, z, real_label=1.0):
     """One optimizer step of D on real images x_real (N, ...) and generated images G(z), z (M, Z).
 
-    D's parameter gradients of BCE(D(x), 1) and of BCE(D(G(z)), 0) (each a mean over its own
-    batch) are summed into one step. G only runs forward and is not updated.
+    D's parameter gradients of BCE(D(x), real_label) and of BCE(D(G(z)), 0) (each a mean over its
+    own batch) are summed into one step; real_label < 1 is one-sided label smoothing. G only
+    runs forward and is not updated.
     """
     fake = G.forward(z)
     real_logits = D.forward(x_real)
-    real_loss, dreal = bce_with_logits(real_logits, 1.0)
+    real_loss, dreal = bce_with_logits(real_logits, real_label)
     _, real_grads = D.backward(dreal, input_grad=False)
     fake_logits = D.forward(fake)
     fake_loss, dfake = bce_with_logits(fake_logits, 0.0)

@@ -367,8 +367,11 @@ def test_d_steps_sets_the_generator_steps_per_epoch(cli, tmp_path):
     assert float(read_csv(tmp_path / "run" / "metrics.csv")[0]["g_steps"]) == 2
 
 
-def test_resume_equals_an_uninterrupted_run(cli, tmp_path):
-    common = ["--train-limit", 128, "--fid-samples", 100, "--seed", 3]
+@pytest.mark.parametrize("remedies", [[], ["--d-dropout", 0.3, "--real-label", 0.9,
+                                              "--d-lr", 1e-4]], ids=["plain", "remedies"])
+def test_resume_equals_an_uninterrupted_run(cli, tmp_path, remedies):
+    """Also with dropout in D, whose masks come from the run's checkpointed generator."""
+    common = ["--train-limit", 128, "--fid-samples", 100, "--seed", 3, *remedies]
     assert cli(*common, "--epochs", 2, "--out", tmp_path / "straight")[0] == 0
     assert cli(*common, "--epochs", 1, "--out", tmp_path / "split")[0] == 0
     code, stdout, err = cli(*common, "--epochs", 2, "--resume", "--out", tmp_path / "split")
@@ -388,6 +391,53 @@ def test_resume_equals_an_uninterrupted_run(cli, tmp_path):
         (tmp_path / "straight" / "first_steps.csv").read_bytes()
 
 
+def test_resume_of_a_run_made_before_the_remedy_flags(cli, tmp_path):
+    """A checkpoint without d_lr, d_dropout and real_label in its settings was trained without
+    them: it resumes with the defaults, and refuses a run that asks for label smoothing."""
+    common = ["--train-limit", 128, "--fid-samples", 100, "--real-label", 1.0, "--d-dropout", 0]
+    assert cli(*common, "--epochs", 1, "--out", tmp_path / "old")[0] == 0
+    ckpt = tmp_path / "old" / "checkpoint.npz"
+    arrays, meta = load_checkpoint(ckpt)
+    for key in ("d_lr", "d_dropout", "real_label"):
+        del meta["settings"][key]
+    save_checkpoint(ckpt, arrays, meta)
+    code, _, err = cli("--train-limit", 128, "--fid-samples", 100, "--real-label", 0.9,
+                       "--epochs", 2, "--resume", "--out", tmp_path / "old")
+    assert code != 0
+    assert_one_sentence(err, "--real-label 1.0 (now 0.9)")
+    code, stdout, err = cli(*common, "--epochs", 2, "--resume", "--out", tmp_path / "old")
+    assert code == 0, err
+    assert "epochs 2..2" in stdout
+
+
+def test_discriminator_dropout_keeps_the_initial_weights_and_is_off_in_eval():
+    plain = discriminator(rng=np.random.default_rng(4))
+    dropped = discriminator(rng=np.random.default_rng(4), dropout=0.3)
+    assert [type(l).__name__ for l in dropped.layers].count("Dropout") == 2
+    assert [p.shape for p in plain.params.values()] == [p.shape for p in dropped.params.values()]
+    for a, b in zip(plain.params.values(), dropped.params.values()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(5).uniform(0, 1, (4, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(dropped.eval().forward(x), plain.forward(x), rtol=1e-6)
+    assert not np.allclose(dropped.train().forward(x), plain.forward(x), rtol=1e-3)
+
+
+def test_discriminator_step_with_label_smoothing_targets_real_label():
+    G, D, rng = _nets()
+    x = rng.uniform(0, 1, size=(5, 1, 28, 28))
+    z = rng.standard_normal((4, 8))
+    real_loss, dreal = bce_with_logits(D.forward(x), 0.9)
+    _, real_grads = D.backward(dreal)
+    fake_loss, dfake = bce_with_logits(D.forward(G.forward(z)), 0.0)
+    _, fake_grads = D.backward(dfake)
+    expected = add_grads(real_grads, fake_grads)
+    rec = Recorder()
+    step = discriminator_step(G, D, rec, x, z, real_label=0.9)
+    for k in expected:
+        np.testing.assert_allclose(rec.grads[k], expected[k], rtol=1e-12, atol=1e-15)
+    assert step.loss == pytest.approx(float(real_loss + fake_loss), rel=1e-12)
+
+
 def assert_one_sentence(err, *fragments):
     """The last line is "train_gan.py: error: ..." with every fragment; no traceback."""
     assert "Traceback" not in err
@@ -404,6 +454,9 @@ def assert_one_sentence(err, *fragments):
     (["--d-steps", "0"], ["--d-steps", "positive whole number"]),
     (["--beta1", "1"], ["--beta1"]),
     (["--fid-samples", "1"], ["--fid-samples"]),
+    (["--d-dropout", "1"], ["--d-dropout"]),
+    (["--real-label", "0"], ["--real-label"]),
+    (["--d-lr", "0"], ["--d-lr"]),
 ])
 def test_bad_flags_give_one_sentence(cli, tmp_path, argv, fragments):
     code, _, err = cli(*argv, "--out", tmp_path / "run")

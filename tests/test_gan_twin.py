@@ -1,7 +1,7 @@
 """Our GAN steps against the PyTorch twin of benchmarks/gan_twin.py (skipped without torch).
 
 Both start from the same weights and see the same real batches and noise; after each of a few
-alternating D and G steps, for both generator costs, the losses, the mean D outputs, the
+alternating D and G steps, for both generator costs (and with label smoothing), the losses, the mean D outputs, the
 gradient norm at G's output, the parameter gradients handed to Adam and the updated weights
 agree to float32 rounding. The gradients are compared directly because Adam hides their scale:
 its update is invariant to a constant factor on every gradient, and its first step moves each
@@ -57,8 +57,9 @@ def assert_same_grads(ours_grads, twin, what):
                                    err_msg=f"{what} {name}")
 
 
-@pytest.mark.parametrize("kind", ["minimax", "nonsaturating"])
-def test_steps_match_pytorch(kind, mnist_small):
+@pytest.mark.parametrize("kind, real_label", [("minimax", 1.0), ("nonsaturating", 1.0),
+                                              ("nonsaturating", 0.9)])
+def test_steps_match_pytorch(kind, real_label, mnist_small):
     torch.set_num_threads(1)
     images = mnist_small[0][0]
     G, D = generator(Z_DIM, rng=np.random.default_rng(0)), discriminator(rng=np.random.default_rng(0))
@@ -71,9 +72,9 @@ def test_steps_match_pytorch(kind, mnist_small):
     for step in range(STEPS):
         x = images[step * BATCH:(step + 1) * BATCH]
         z_d, z_g = (rng.standard_normal((BATCH, Z_DIM)).astype(np.float32) for _ in range(2))
-        d = discriminator_step(G, D, opt_d, x, z_d)
+        d = discriminator_step(G, D, opt_d, x, z_d, real_label)
         td = gan_twin.discriminator_step(TG, TD, topt_d, torch.from_numpy(x),
-                                         torch.from_numpy(z_d))
+                                         torch.from_numpy(z_d), real_label)
         np.testing.assert_allclose(d, td, rtol=1e-5, err_msg=f"D step {step}")
         assert_same_grads(opt_d.last_grads, TD, f"D step {step} gradient")
         assert_same_params(D, TD, f"D step {step} weights")

@@ -47,25 +47,28 @@ def save_state(path, parts, rng, epoch, settings, history):
     save_checkpoint(path, arrays, meta)
 
 
-def load_for_resume(path, settings, names):
+def load_for_resume(path, settings, names, older=None):
     """(arrays, meta) of checkpoint `path`; a TrainingError if it is unreadable or was made
-    with other values of the flags `names` than `settings` holds."""
+    with other values of the flags `names` than `settings` holds. older: {flag: value} that a
+    checkpoint made before the flag existed is taken to hold."""
     try:
         arrays, meta = load_checkpoint(path)
     except CheckpointError as exc:
         raise TrainingError(f"--resume: {exc}") from None
-    changed = [f"--{k.replace('_', '-')} {meta['settings'].get(k)} (now {settings[k]})"
-               for k in names if meta["settings"].get(k) != settings[k]]
+    made = {**(older or {}), **meta["settings"]}
+    changed = [f"--{k.replace('_', '-')} {made.get(k)} (now {settings[k]})"
+               for k in names if made.get(k) != settings[k]]
     if changed:
         raise TrainingError(f"--resume: the checkpoint {path} was made with other settings: "
                             + ", ".join(changed))
     return arrays, meta
 
 
-def resume(path, settings, names, rng):
-    """Check checkpoint `path` against `settings` (flags `names`), restore rng from it, and
-    return (arrays, epoch, history); the caller loads its models from the arrays."""
-    arrays, meta = load_for_resume(path, settings, names)
+def resume(path, settings, names, rng, older=None):
+    """Check checkpoint `path` against `settings` (flags `names`; `older` as load_for_resume's),
+    restore rng from it, and return (arrays, epoch, history); the caller loads its models from
+    the arrays."""
+    arrays, meta = load_for_resume(path, settings, names, older)
     rng.bit_generator.state = meta["rng"]
     return arrays, meta["epoch"], meta["history"]
 
