@@ -1,0 +1,91 @@
+"""Run the exercise's grid of train.py runs, and report on it.
+
+    python grid.py run                  # 6 variants x seeds 0 1 2 x 50 epochs, + PGD training
+    python grid.py run --seeds 0 --jobs 2 -- --train-limit 6000   # flags after -- go to train.py
+    python grid.py report               # results/grid -> results/README.md and figures
+
+`run` trains every (mode, BatchNorm, seed) of the grid as its own train.py process with one BLAS
+thread, --jobs at a time, into <runs>/<mode>[-bn]-seed<seed>; finished runs are skipped and
+interrupted ones resumed, so the same command continues after Ctrl-C. The default grid is the
+exercise's (standard, noise, adversarial; with and without BatchNorm; seeds 0, 1, 2; 50 epochs;
+PGD accuracy of the first 1,000 test images every epoch), plus PGD training with and without
+BatchNorm (seed 0, 20 epochs) as the reference of real robustness.
+`report` reads a folder of runs (no training) and writes README.md, accuracy.png and robust.png.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from training.cli import (HelpFormatter, RunError, TrainingError, int_at_least, positive_int,
+                          run_cli)
+from training.grid import execute, plan
+from training.report import write_report
+
+PROG = "grid.py"
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    r = sub.add_parser("run", help="train the grid (train.py flags after --)",
+                       formatter_class=HelpFormatter)
+    r.add_argument("--modes", nargs="+", choices=["standard", "noise", "adversarial", "pgd"],
+                   default=["standard", "noise", "adversarial"], help="train.py --mode values")
+    r.add_argument("--bn", choices=["both", "no", "yes"], default="both",
+                   help="the CNN without BatchNorm, with it, or both")
+    r.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1, 2],
+                   help="train.py --seed values; every variant of the first seed runs first")
+    r.add_argument("--epochs", type=positive_int, default=50, help="epochs of every grid run")
+    r.add_argument("--pgd-images", type=int_at_least(0), default=1000,
+                   help="train.py --pgd-images for every run (0: no PGD column)")
+    r.add_argument("--reference-epochs", type=int_at_least(0), default=20,
+                   help="epochs of the PGD-training reference runs, with and without BatchNorm, "
+                        "seed 0, after the first seed's grid (0: none)")
+    r.add_argument("--jobs", type=positive_int, default=2, help="runs at the same time")
+    r.add_argument("--runs", type=Path, default=Path("results") / "grid",
+                   help="folder of the run folders")
+    rep = sub.add_parser("report", help="write the report of a folder of runs",
+                         formatter_class=HelpFormatter)
+    rep.add_argument("--runs", type=Path, default=Path("results") / "grid",
+                     help="folder of the run folders")
+    rep.add_argument("--out", type=Path, default=Path("results"),
+                     help="folder for README.md, accuracy.png and robust.png")
+    rep.add_argument("--epochs", type=positive_int, nargs="+", default=[1, 5, 10, 25, 50],
+                     help="epochs of the table (the last epoch is always added)")
+    args = p.parse_args(argv)
+    if args.command == "report" and extra:
+        p.error("report takes no train.py flags")
+    args.extra = extra
+    return args
+
+
+def run(args):
+    if args.command == "report":
+        print(f"wrote {write_report(args.runs, args.out, args.epochs)}")
+        return 0
+    bn = {"both": [False, True], "no": [False], "yes": [True]}[args.bn]
+    extra = args.extra + (["--pgd-images", str(args.pgd_images)] if args.pgd_images else [])
+    reference = [("pgd", b, 0, args.reference_epochs) for b in (False, True)
+                 if args.reference_epochs and "pgd" not in args.modes]
+    grid = plan(args.modes, bn, args.seeds, args.epochs, extra, args.runs, reference)
+    print(f"grid of {len(grid)} runs in {args.runs}/, {args.jobs} at a time", flush=True)
+    failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
+    if failed:
+        raise TrainingError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    print(f"all {len(grid)} runs complete; python grid.py report --runs {args.runs}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return run_cli(PROG, run, args, errors=(RunError,),
+                   interrupted="interrupted: every run keeps its last completed epoch; the same "
+                               "command continues")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Tests for grid.py: the grid's plan, running and resuming real (tiny) train.py runs, bad
+grids, and the report rebuilt from the committed fixture tests/fixtures/grid (10 tiny runs made
+by `grid.py run --modes standard adversarial --seeds 0 1 --epochs 3 --pgd-images 20
+--reference-epochs 2 -- --train-limit 300 --test-limit 100`), checked against its CSVs."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import grid
+from training.grid import plan
+
+FIXTURE = Path(__file__).parent / "fixtures" / "grid"
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--", "--train-limit", "96", "--test-limit", "40"]
+
+
+def run_grid(capsys, *argv):
+    code = grid.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def csv_column(run, column):
+    with open(FIXTURE / run / "metrics.csv", newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f)]
+
+
+def table_rows(readme):
+    """{(training, epoch): [cells after the seeds column]} of the report's Markdown table."""
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 10 and cells[1].isdigit():
+            rows[cells[0], int(cells[1])] = (int(cells[2]), cells[3:])
+    return rows
+
+
+def test_report_numbers_are_the_csvs_mean_and_std(tmp_path, capsys):
+    code, out, err = run_grid(capsys, "report", "--runs", FIXTURE, "--out", tmp_path)
+    assert code == 0, err
+    readme = (tmp_path / "README.md").read_text()
+    for name in ("accuracy.png", "robust.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG)
+    rows = table_rows(readme)
+    columns = ["clean_acc", "fgs_acc", "fgv_acc", "pgd_acc", "fgs_robust_acc", "fgv_robust_acc",
+               "pgd_robust_acc"]
+    for training, runs, last in (("adversarial, BN", ["adversarial-bn-seed0-t300-e100",
+                                                      "adversarial-bn-seed1-t300-e100"], 3),
+                                 ("standard", ["standard-seed0-t300-e100",
+                                               "standard-seed1-t300-e100"], 3),
+                                 ("pgd", ["pgd-seed0-t300-e100"], 2)):
+        for epoch in (1, last):
+            seeds, cells = rows[training, epoch]
+            assert seeds == len(runs)
+            for column, cell in zip(columns, cells):
+                v = 100 * np.array([csv_column(r, column)[epoch - 1] for r in runs])
+                expected = f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "")
+                assert cell == expected, (training, epoch, column)
+    assert ("standard", 2) not in rows  # epochs 1, 5, 10, 25, 50 and the last one only
+    clean = np.mean([csv_column(f"standard-bn-seed{s}-t300-e100", "clean_acc") for s in (0, 1)],
+                    axis=0)
+    best = int(np.argmax(clean)) + 1
+    assert (f"**standard, BN** (2 seeds, 3 epochs): best clean accuracy "
+            f"{100 * clean.max():.2f}% at epoch {best}") in readme
+    assert "PGD eps 0.3 with 20 steps on the first 20 test images" in readme
+    assert "Madry et al. 2018" in readme and "Goodfellow et al. 2015" in readme
+
+
+def test_report_of_a_folder_without_runs_is_one_sentence(tmp_path, capsys):
+    code, out, err = run_grid(capsys, "report", "--runs", tmp_path, "--out", tmp_path / "r")
+    assert code == 1
+    assert err.strip() == f"grid.py: error: {tmp_path} holds no run folders (settings.json and " \
+                          "metrics.csv)"
+
+
+def test_plan_puts_the_first_seed_and_the_reference_first(tmp_path):
+    runs = plan(["standard", "adversarial"], [False, True], [0, 1], 50, [], tmp_path,
+                reference=[("pgd", False, 0, 20)])
+    assert [r.name for r in runs] == [
+        "standard-seed0", "standard-bn-seed0", "adversarial-seed0", "adversarial-bn-seed0",
+        "pgd-seed0", "standard-seed1", "standard-bn-seed1", "adversarial-seed1",
+        "adversarial-bn-seed1"]
+    assert runs[4].epochs == 20 and runs[4].out == tmp_path / "pgd-seed0"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--modes", "bogus"], "invalid choice: 'bogus'"),
+    (["run", "--jobs", "0"], "expected a positive whole number, got 0"),
+    (["run", "--", "--lr", "-1"], "grid.py: error: the grid asks for a bad train.py run: "
+                                  "--mode standard --seed 0 --epochs 50 --lr -1"),
+    (["report", "--", "--bn"], "report takes no train.py flags"),
+])
+def test_bad_grids_are_refused_before_any_training(tmp_path, capsys, argv, fragment):
+    try:
+        code, out, err = run_grid(capsys, *argv[:1], "--runs", tmp_path, *argv[1:])
+    except SystemExit as exc:
+        code, err = exc.code, capsys.readouterr().err
+    assert code != 0 and fragment in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_same_name_twice_is_refused(tmp_path):
+    with pytest.raises(Exception, match="same run twice: pgd-seed0"):
+        plan(["pgd"], [False], [0], 3, [], tmp_path, reference=[("pgd", False, 0, 2)])
+
+
+@pytest.mark.slow
+def test_grid_runs_skips_and_resumes_real_runs(tmp_path, capsys):
+    argv = ["run", "--modes", "standard", "--bn", "no", "--seeds", "0", "1", "--epochs", 1,
+            "--pgd-images", 10, "--reference-epochs", 0, "--jobs", 2, "--runs", tmp_path, *TINY]
+    code, out, err = run_grid(capsys, *argv)
+    assert code == 0, err
+    assert "[standard-seed0-t96-e40] epoch 1/1" in out and "all 2 runs complete" in out
+    settings = json.loads((tmp_path / "standard-seed1-t96-e40" / "settings.json").read_text())
+    assert settings["seed"] == 1 and settings["pgd_images"] == 10
+    argv[argv.index("--epochs") + 1] = 2
+    code, out, err = run_grid(capsys, *argv)
+    assert code == 0, err
+    assert "[standard-seed1-t96-e40] run 2 of 2: resuming after epoch 1, 2 epochs" in out
+    assert len(csv_rows(tmp_path / "standard-seed0-t96-e40")) == 2
+    code, out, err = run_grid(capsys, *argv)
+    assert code == 0 and out.count("already has 2 epochs: skipped") == 2
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_named_and_the_others_go_on(tmp_path, capsys):
+    """A run folder made with another learning rate cannot resume: that run fails, the other
+    runs, and the grid exits 1 naming it."""
+    base = ["run", "--modes", "standard", "--bn", "no", "--epochs", 1, "--pgd-images", 0,
+            "--reference-epochs", 0, "--jobs", 1, "--runs", tmp_path]
+    assert run_grid(capsys, *base, "--seeds", 0, *TINY, "--lr", "0.05")[0] == 0
+    code, out, err = run_grid(capsys, *base, "--seeds", 0, 1, "--epochs", 2, *TINY)
+    assert code == 1
+    assert "[standard-seed0-t96-e40] failed (exit 1)" in out
+    assert "[standard-seed1-t96-e40] finished: 2 epochs" in out
+    assert err.strip() == "grid.py: error: 1 run(s) failed: standard-seed0-t96-e40"
+
+
+def csv_rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))

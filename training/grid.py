@@ -1,0 +1,121 @@
+"""A grid of train.py runs: modes x BatchNorm x seeds, several at once, resumable.
+
+Each run is a train.py child process with one BLAS thread, writing its own run folder
+<runs>/<mode>[-bn]-seed<seed> and appending its output to train.log there. A run whose
+metrics.csv already has the requested epochs is skipped; one with a checkpoint is resumed. The
+epoch lines of every child are echoed with the run's name in front, so a log shows every run's
+progress; Ctrl-C stops the children (each keeps its last completed epoch) and the same command
+continues later.
+"""
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cli import TrainingError
+from .exercise import default_name, parse_args
+
+TRAIN = Path(__file__).resolve().parent.parent / "train.py"
+THREADS = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+class Run:
+    """One cell of the grid: its train.py flags, its folder and how far it got."""
+
+    def __init__(self, flags, runs):
+        try:
+            args = parse_args(flags, prog="train.py")
+        except SystemExit:  # argparse has printed why
+            raise TrainingError(f"the grid asks for a bad train.py run: {' '.join(flags)}") \
+                from None
+        self.epochs, self.name = args.epochs, default_name(args)
+        self.out = Path(runs) / self.name
+        self.flags = [*flags, "--out", str(self.out)]
+
+    def done_epochs(self):
+        """Epochs in its metrics.csv (0 if none)."""
+        try:
+            with open(self.out / "metrics.csv", newline="") as f:
+                return sum(1 for _ in csv.DictReader(f))
+        except OSError:
+            return 0
+
+    def command(self):
+        resume = ["--resume"] if (self.out / "checkpoint.npz").exists() else []
+        return [sys.executable, str(TRAIN), *self.flags, *resume]
+
+
+def plan(modes, bn, seeds, epochs, extra, runs, reference=()):
+    """The runs, seed by seed (all variants of the first seed come first), then `reference`:
+    (mode, bn, seed, epochs) tuples run after the first seed. extra: train.py flags for all."""
+    if not seeds:
+        raise TrainingError("the grid has no seeds")
+    cells = [(m, b, s, epochs) for s in seeds for m in modes for b in bn]
+    first = len(modes) * len(bn)
+    cells = cells[:first] + list(reference) + cells[first:]
+    grid = [Run(["--mode", m, *(["--bn"] if b else []), "--seed", str(s), "--epochs", str(e),
+                 *extra], runs) for m, b, s, e in cells]
+    names = [r.name for r in grid]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TrainingError(f"the grid names the same run twice: {', '.join(twice)} (a "
+                            "reference run with the same mode, BatchNorm and seed as a grid run "
+                            "would share its folder; give it another seed)")
+    return grid
+
+
+def execute(grid, jobs, log=print, poll=2.0):
+    """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that failed."""
+    todo = [r for r in grid if r.done_epochs() < r.epochs]
+    for r in grid:
+        if r not in todo:
+            log(f"[{r.name}] already has {r.done_epochs()} epochs: skipped")
+    running, failed, started = {}, [], 0
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                r = todo.pop(0)
+                started += 1
+                r.out.mkdir(parents=True, exist_ok=True)
+                done = r.done_epochs()
+                log(f"[{r.name}] run {started} of {started + len(todo)}: "
+                    + (f"resuming after epoch {done}" if done else "starting")
+                    + f", {r.epochs} epochs")
+                logfile = open(r.out / "train.log", "a")
+                proc = subprocess.Popen(r.command(), stdout=logfile, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **THREADS, "PYTHONUNBUFFERED": "1"})
+                running[r.name] = (r, proc, logfile, logfile.tell())
+            time.sleep(poll)
+            for name, (r, proc, logfile, pos) in list(running.items()):
+                pos = _echo_epochs(r, pos, log)
+                running[name] = (r, proc, logfile, pos)
+                if proc.poll() is not None:
+                    logfile.close()
+                    del running[name]
+                    _echo_epochs(r, pos, log)
+                    if proc.returncode != 0:
+                        failed.append(name)
+                        log(f"[{name}] failed (exit {proc.returncode}): see {r.out / 'train.log'}")
+                    else:
+                        log(f"[{name}] finished: {r.done_epochs()} epochs")
+    except KeyboardInterrupt:
+        for r, proc, logfile, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            logfile.close()
+        raise
+    return failed
+
+
+def _echo_epochs(run, pos, log):
+    """Log the epoch lines that train.py appended to run's train.log since byte `pos`."""
+    with open(run.out / "train.log", "rb") as f:
+        f.seek(pos)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # a half-written line waits for the next poll
+    for line in data[:end].decode(errors="replace").splitlines():
+        if line.startswith("epoch") or "error" in line:
+            log(f"[{run.name}] {line.strip()}")
+    return pos + end

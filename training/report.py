@@ -1,0 +1,191 @@
+"""The report over a folder of train.py runs: every variant's accuracy over the epochs, mean and
+spread over seeds, a table, the best epochs, and where FGS and PGD accuracy part ways.
+
+Runs are grouped into variants by the (mode, bn) of their settings.json; a variant's value at an
+epoch is the mean over the seeds that reached it. No training happens here.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from .cli import RunError
+from .plots import plt, read_metrics
+
+MEASURES = (("clean_acc", "clean"), ("fgs_acc", "FGS"), ("fgv_acc", "FGV"), ("pgd_acc", "PGD"))
+ROBUST = (("fgs_robust_acc", "FGS"), ("fgv_robust_acc", "FGV"), ("pgd_robust_acc", "PGD"))
+ORDER = ("standard", "noise", "adversarial", "pgd")
+GAP = 0.40    # FGS minus PGD accuracy, above which the two have parted ways
+DROP = 0.10   # PGD accuracy lost after its best epoch that counts as catastrophic overfitting
+REFERENCES = """\
+Published reference points (other networks, so only the direction compares):
+- Goodfellow et al. 2015, MNIST, maxout network, FGSM eps 0.25: error 89.4% after standard
+  training (10.6% accuracy), 17.9% after adversarial training (82.1%), 86.2% after training on
+  +-eps noise (13.8%).
+- Madry et al. 2018, MNIST, PGD training at eps 0.3: 89-93% accuracy under PGD."""
+
+
+def load_runs(folder):
+    """({(mode, bn): {seed: columns}}, [settings of each run]) of the run folders directly
+    inside `folder`."""
+    variants, settings = {}, []
+    for run in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if not (run / "settings.json").is_file() or not (run / "metrics.csv").is_file():
+            continue
+        try:
+            s = json.loads((run / "settings.json").read_text())
+            key, seed = (s["mode"], bool(s["bn"])), int(s["seed"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"{run}/settings.json is damaged: {exc}") from None
+        variants.setdefault(key, {})[seed] = read_metrics(run)
+        settings.append(s)
+    if not variants:
+        raise RunError(f"{folder} holds no run folders (settings.json and metrics.csv)")
+    order = sorted(variants.items(), key=lambda kv: (ORDER.index(kv[0][0]), kv[0][1]))
+    return dict(order), settings
+
+
+def evaluation(settings):
+    """One sentence on the attacks' settings of the runs (every distinct value named)."""
+    def values(key, scale=1):
+        found = sorted({s.get(key) for s in settings if s.get(key) is not None})
+        return " or ".join(f"{v * scale:g}" for v in found) or "none"
+    data = {"train_limit": "training images", "test_limit": "test images"}
+    limits = [f"the first {values(k)} {name}" for k, name in data.items()
+              if any(s.get(k) for s in settings)]
+    return (f"FGS alpha {values('alpha')}, FGV alpha {values('fgv_alpha')}; PGD eps "
+            f"{values('alpha')} with {values('pgd_steps')} steps on the first "
+            f"{values('pgd_images')} test images, as train.py evaluates after each epoch"
+            + (f"; runs limited to {' and '.join(limits)}" if limits else "") + ".")
+
+
+def label(key):
+    return f"{key[0]}{', BN' if key[1] else ''}"
+
+
+def stack(seeds, column):
+    """(epochs (E,), values (S, E) with NaN where a seed has not reached an epoch)."""
+    last = max(len(c["epoch"]) for c in seeds.values())
+    values = np.full((len(seeds), last), np.nan)
+    for i, c in enumerate(seeds.values()):
+        if column in c:
+            values[i, :len(c[column])] = c[column]
+    return np.arange(1, last + 1), values
+
+
+def at(seeds, column, epoch):
+    """(mean, sample std or nan, count) over the seeds that reached `epoch`."""
+    v = stack(seeds, column)[1][:, epoch - 1:epoch].ravel()  # empty past the last epoch
+    v = v[~np.isnan(v)]
+    return (float(v.mean()) if len(v) else np.nan,
+            float(v.std(ddof=1)) if len(v) > 1 else np.nan, len(v))
+
+
+def mean_curve(seeds, column):
+    epochs, v = stack(seeds, column)
+    with np.errstate(invalid="ignore"):
+        return epochs, np.nanmean(v, axis=0)
+
+
+def table_epochs(seeds, wanted):
+    """The epochs of `wanted` that a variant reached, and its last one."""
+    last = max(len(c["epoch"]) for c in seeds.values())
+    return sorted({e for e in wanted if e <= last} | {last})
+
+
+def fmt(mean, std):
+    if np.isnan(mean):
+        return ""
+    return f"{100 * mean:.2f}" + ("" if np.isnan(std) else f" ± {100 * std:.2f}")
+
+
+def table(variants, wanted):
+    """Markdown rows: variant, epoch, seeds, then the exercise's measures and all-image ones."""
+    head = ["training", "epoch", "seeds"] + [n for _, n in MEASURES] + \
+        [f"{n} (all images)" for _, n in ROBUST]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    for key, seeds in variants.items():
+        for e in table_epochs(seeds, wanted):
+            cells = [at(seeds, col, e) for col, _ in MEASURES + ROBUST]
+            n = max(c[2] for c in cells)
+            if n:
+                rows.append(f"| {label(key)} | {e} | {n} | "
+                            + " | ".join(fmt(m, s) for m, s, _ in cells) + " |")
+    return rows
+
+
+def findings(key, seeds):
+    """Sentences on the best epochs and on FGS and PGD accuracy parting ways (mean curves)."""
+    epochs, clean = mean_curve(seeds, "clean_acc")
+    text = [f"**{label(key)}** ({len(seeds)} seed{'s' * (len(seeds) > 1)}, "
+            f"{len(epochs)} epochs): best clean accuracy {100 * np.nanmax(clean):.2f}% at epoch "
+            f"{int(epochs[np.nanargmax(clean)])}"]
+    if not all("pgd_acc" in c for c in seeds.values()):
+        return text[0] + "; no PGD column."
+    _, fgs = mean_curve(seeds, "fgs_acc")
+    _, pgd = mean_curve(seeds, "pgd_acc")
+    best = int(np.nanargmax(pgd))
+    text.append(f"best PGD accuracy {100 * pgd[best]:.2f}% at epoch {best + 1}")
+    gap = fgs - pgd
+    apart = [e for e in range(len(gap)) if np.all(gap[e:] >= GAP)]
+    if apart:
+        text.append(f"FGS and PGD part ways from epoch {apart[0] + 1} on (FGS {100 * fgs[-1]:.1f}%"
+                    f" against PGD {100 * pgd[-1]:.1f}% at the last epoch): gradient masking, "
+                    "robustness that only the one-step attack sees")
+    if pgd[best] - pgd[-1] >= DROP and fgs[-1] >= fgs[best] - 0.02:
+        text.append(f"PGD accuracy falls from {100 * pgd[best]:.1f}% (epoch {best + 1}) to "
+                    f"{100 * pgd[-1]:.1f}% while FGS accuracy holds: catastrophic overfitting")
+    return "; ".join(text) + "."
+
+
+def figure(variants, path, measures, title):
+    """One panel per measure: the mean over seeds per variant, with the min-max band."""
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 4.2), squeeze=False)
+    for ax, (col, name) in zip(axes[0], measures):
+        for i, (key, seeds) in enumerate(variants.items()):
+            epochs, v = stack(seeds, col)
+            if np.all(np.isnan(v)):
+                continue
+            with np.errstate(invalid="ignore"):
+                mean, low, high = (f(v, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+            style = "--" if key[1] else "-"
+            ax.plot(epochs, 100 * mean, style, color=f"C{ORDER.index(key[0]) % 10}",
+                    label=label(key))
+            ax.fill_between(epochs, 100 * low, 100 * high, color=f"C{ORDER.index(key[0]) % 10}",
+                            alpha=0.15, linewidth=0)
+        ax.set(title=name, xlabel="epoch", ylim=(0, 100))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
+    """out/README.md, out/accuracy.png (the exercise's measure) and out/robust.png (all
+    images) from the runs in folder `runs`; returns the README's path."""
+    variants, settings = load_runs(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure(variants, out / "accuracy.png", MEASURES,
+           "Accuracy over epochs (attacks: over the correctly classified test images)")
+    figure(variants, out / "robust.png", (MEASURES[0],) + ROBUST,
+           "Accuracy over epochs over all test images (correct before and after the attack)")
+    seeds = sorted({s for v in variants.values() for s in v})
+    lines = ["# The exercise's results: every variant, several seeds", "",
+             f"Made by `python grid.py report` from the runs in `{runs}` (seeds "
+             f"{', '.join(map(str, seeds))}). {evaluation(settings)} Mean ± standard deviation over seeds, in %; the first four measures are the "
+             "exercise's (over the correctly classified test images), the last three count "
+             "an image only if it is correct before and after the attack. The band in the "
+             "figures spans the lowest to the highest seed.", "",
+             "![accuracy over epochs](accuracy.png)", "",
+             "![accuracy over all images](robust.png)", "", *table(variants, wanted), "",
+             "## Best epochs, and where FGS and PGD part ways", "",
+             *[f"- {findings(k, v)}" for k, v in variants.items()], "", REFERENCES, ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
