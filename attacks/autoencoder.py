@@ -9,7 +9,7 @@ reconstruction distance ||AE(x + d) - r||^2 in place of the cross-entropy: signe
 its gradient with respect to the input, each followed by a projection into the allowed box.
 """
 from nn.backend import device_of, xp_of
-from nn.functional import mse_loss
+from nn.losses import mse_loss
 
 from .gradient import eval_mode
 from .iterative import per_image, project

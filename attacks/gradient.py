@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nn.backend import device_of, xp_of
-from nn.functional import softmax_cross_entropy
+from nn.losses import softmax_cross_entropy
 
 
 class Pass(NamedTuple):

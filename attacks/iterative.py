@@ -12,7 +12,7 @@ class's; a fooling image is one targeted signed step from pure noise.
 import numpy as np
 
 from nn.backend import device_of, to_device, to_numpy, xp_of
-from nn.functional import softmax
+from nn.losses import softmax
 
 from .gradient import eval_mode, loss_and_gradients
 

@@ -13,6 +13,7 @@ from attacks.gradient import loss_and_gradients
 from attacks.training import adversarial_step, standard_step
 from nn import SGD, reference_cnn
 from nn import functional as F
+from nn import losses
 from nn.layers import Conv2d
 
 BATCH = 64
@@ -131,7 +132,7 @@ def profile_layers(bn, x, t, reps):
             h = layer.forward(h)
             tf.append(time.perf_counter() - s)
         s = time.perf_counter()
-        _, d = F.softmax_cross_entropy(h, t)
+        _, d = losses.softmax_cross_entropy(h, t)
         tl = time.perf_counter() - s
         grads = {}
         tb = [0.0] * L

@@ -8,7 +8,8 @@ The minimax cost saturates when D rejects the samples confidently (z << 0): its 
 sigmoid(z) vanishes exactly when G most needs one, while the non-saturating one tends to -1/N.
 """
 from nn.backend import xp_of
-from nn.functional import bce_with_logits, sigmoid_forward, softplus
+from nn.functional import sigmoid_forward
+from nn.losses import bce_with_logits, softplus
 
 GAN_LOSSES = ("minimax", "nonsaturating")
 

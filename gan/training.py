@@ -7,7 +7,8 @@ dense GANs; G has no mode-dependent layer. Each
 from typing import NamedTuple
 
 from nn.backend import xp_of
-from nn.functional import bce_with_logits, sigmoid_forward
+from nn.functional import sigmoid_forward
+from nn.losses import bce_with_logits
 from nn.optim import add_grads
 
 from .losses import generator_loss

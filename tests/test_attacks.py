@@ -21,7 +21,7 @@ from helpers import assert_like
 from nn import (SGD, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential,
                 reference_cnn)
 from nn.backend import to_numpy
-from nn.functional import softmax_cross_entropy
+from nn.losses import softmax_cross_entropy
 from nn.gradcheck import as_float64
 
 seeds = st.integers(0, 2**32 - 1)

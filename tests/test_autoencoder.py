@@ -22,7 +22,7 @@ from experiments.autoencoder import train_epoch
 from nn import Adam, Sequential, dense_autoencoder, reference_cnn
 from nn.backend import to_numpy
 from nn.checkpoint import save_checkpoint
-from nn.functional import mse_loss
+from nn.losses import mse_loss
 from nn.gradcheck import as_float64, directional_check, numerical_gradient, rel_error
 
 seeds = st.integers(0, 2**32 - 1)

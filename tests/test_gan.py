@@ -25,7 +25,7 @@ from gan.fid import coverage
 from nn import SGD, Adam, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint, save_checkpoint
-from nn.functional import bce_with_logits
+from nn.losses import bce_with_logits
 from nn.gradcheck import as_float64, numerical_gradient, rel_error
 from nn.optim import add_grads
 from tests.helpers import assert_like

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from nn import functional as F
+from nn import losses
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
 from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, LeakyReLU,
                        MaxPool2d, ReLU, Sigmoid, Tanh)
@@ -116,7 +117,7 @@ class WithLoss:
             pattern.append(kink_pattern(x, layer))
             x = layer.forward(x)
         self.patterns.append(pattern)
-        loss, self._dlogits = F.softmax_cross_entropy(x, self.targets)
+        loss, self._dlogits = losses.softmax_cross_entropy(x, self.targets)
         return loss
 
     def backward(self, dout):
@@ -139,7 +140,7 @@ class LossLayer:
         self.targets, self.params, self._dlogits = targets, {}, None
 
     def forward(self, logits):
-        loss, self._dlogits = F.softmax_cross_entropy(logits, self.targets)
+        loss, self._dlogits = losses.softmax_cross_entropy(logits, self.targets)
         return loss
 
     def backward(self, dout):
@@ -240,9 +241,9 @@ def test_softmax_cross_entropy_gradient_exhaustive():
     rng = np.random.default_rng(20)
     logits = rng.standard_normal((4, 5))
     targets = np.array([0, 4, 2, 2])
-    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    loss, dlogits = losses.softmax_cross_entropy(logits, targets)
     assert loss.shape == ()
-    numeric = numerical_gradient(lambda: F.softmax_cross_entropy(logits, targets)[0], logits, 1.0)
+    numeric = numerical_gradient(lambda: losses.softmax_cross_entropy(logits, targets)[0], logits, 1.0)
     assert rel_error(numeric, dlogits) < EXHAUSTIVE_TOL
 
 
@@ -259,7 +260,7 @@ def test_softmax_cross_entropy_value_matches_direct_formula(n, k, scale, seed):
     rng = np.random.default_rng(seed)
     logits = scale * rng.standard_normal((n, k))
     targets = rng.integers(0, k, n)
-    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    loss, dlogits = losses.softmax_cross_entropy(logits, targets)
     np.testing.assert_allclose(float(loss), direct_cross_entropy(logits, targets),
                                rtol=1e-10, atol=1e-12)
     # the gradient rows of softmax - onehot sum to zero
@@ -271,13 +272,13 @@ def test_softmax_cross_entropy_huge_logits_stay_finite():
                        [0.0, 1e4, 1e4],     # confident and wrong: loss 1e4 + log 2
                        [-1e4, -1e4, -1e4]])  # uniform: loss log 3
     targets = np.array([0, 0, 2])
-    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    loss, dlogits = losses.softmax_cross_entropy(logits, targets)
     assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
     np.testing.assert_allclose(float(loss), (0.0 + 1e4 + np.log(2) + np.log(3)) / 3, rtol=1e-12)
     expected = np.array([[0.0, 0.0, 0.0], [-1.0, 0.5, 0.5], [1 / 3, 1 / 3, -2 / 3]]) / 3
     np.testing.assert_allclose(dlogits, expected, atol=1e-12)
     # float32 stays finite too
-    loss32, d32 = F.softmax_cross_entropy(logits.astype(np.float32), targets)
+    loss32, d32 = losses.softmax_cross_entropy(logits.astype(np.float32), targets)
     assert loss32.dtype == np.float32 and np.isfinite(loss32) and np.all(np.isfinite(d32))
 
 
@@ -285,8 +286,8 @@ def test_softmax_cross_entropy_keeps_the_true_class_gradient_of_a_sure_float32_m
     # a margin of 27 (as a trained CNN gives): p_t rounds to 1 in float32, p_t - 1 would be 0
     logits = np.array([[27.2, -10.9, 3.1, -0.2, 4.1, 7.3], [1.0, 30.0, 0.0, 2.0, -5.0, 3.0]])
     targets = np.array([0, 1])
-    _, d64 = F.softmax_cross_entropy(logits, targets)
-    _, d32 = F.softmax_cross_entropy(logits.astype(np.float32), targets)
+    _, d64 = losses.softmax_cross_entropy(logits, targets)
+    _, d32 = losses.softmax_cross_entropy(logits.astype(np.float32), targets)
     assert d32.dtype == np.float32
     assert np.all(d32[[0, 1], targets] < 0)
     np.testing.assert_allclose(d32, d64, rtol=1e-5, atol=0)
@@ -644,7 +645,7 @@ def test_models_loaded_from_one_state_do_not_share_parameters():
     b.load_state_dict(state)
     x = np.random.default_rng(4).random((2, 1, 28, 28)).astype(np.float32)
     logits = a.forward(x)
-    _, dlogits = F.softmax_cross_entropy(logits, np.array([1, 2]))
+    _, dlogits = losses.softmax_cross_entropy(logits, np.array([1, 2]))
     _, grads = a.backward(dlogits)
     saved = {k: v.copy() for k, v in state.items()}
     SGD(lr=0.1).step(a.params, grads)  # trains a only
@@ -733,7 +734,7 @@ def test_reference_cnn_matches_pytorch(train):
     x = rng.random((4, 1, 28, 28))
     targets = np.array([1, 0, 9, 4])
     logits = model.forward(x)
-    loss, dlogits = F.softmax_cross_entropy(logits, targets)
+    loss, dlogits = losses.softmax_cross_entropy(logits, targets)
     dx, grads = model.backward(dlogits)
 
     xt = torch.tensor(x, requires_grad=True)
