@@ -144,6 +144,24 @@ def test_softmax_cross_entropy(xp, target_dtype):
     assert_like(losses.softmax(lb), probs_ref, lb)
 
 
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_dlr_loss(xp, targeted, reduction):
+    rng = np.random.default_rng(8)
+    logits = (3 * rng.standard_normal((5, 7))).astype(np.float32)
+    labels = np.array([0, 6, 2, 2, 1])
+    target = np.array([3, 0, 5, 4, 6]) if targeted else None
+    loss_ref, dlogits_ref = losses.dlr_loss(logits, labels, target, reduction=reduction)
+
+    lb = xp.asarray(logits)
+    loss, dlogits = losses.dlr_loss(lb, xp.asarray(labels),
+                                    None if target is None else xp.asarray(target),
+                                    reduction=reduction)
+    assert loss.shape == (() if reduction == "mean" else (5,))
+    assert_like(loss, loss_ref, lb)
+    assert_like(dlogits, dlogits_ref, lb)
+
+
 def optimizer_inputs():
     """float32 host parameters and two steps' gradients, keyed like Sequential.params."""
     rng = np.random.default_rng(7)

@@ -134,13 +134,14 @@ class WithLoss:
 
 
 class LossLayer:
-    """softmax_cross_entropy of the input logits as a parameter-free layer (0-d output)."""
+    """A loss of the input logits (softmax_cross_entropy unless `loss` is given) as a
+    parameter-free layer (0-d output)."""
 
-    def __init__(self, targets):
-        self.targets, self.params, self._dlogits = targets, {}, None
+    def __init__(self, targets, loss=losses.softmax_cross_entropy):
+        self.targets, self.loss, self.params, self._dlogits = targets, loss, {}, None
 
     def forward(self, logits):
-        loss, self._dlogits = losses.softmax_cross_entropy(logits, self.targets)
+        loss, self._dlogits = self.loss(logits, self.targets)
         return loss
 
     def backward(self, dout):
@@ -293,6 +294,96 @@ def test_softmax_cross_entropy_keeps_the_true_class_gradient_of_a_sure_float32_m
     np.testing.assert_allclose(d32, d64, rtol=1e-5, atol=0)
 
 
+# --- the DLR loss (APGD) ---------------------------------------------------------------------
+# Rows away from ties (the sort would switch) and from the label in third place (untargeted,
+# the loss is then 1 whatever the logits: see test_dlr_loss_is_one_where_the_label_is_third).
+
+DLR_LOGITS = np.array([[2.0, 0.5, -1.0, 0.3, 1.2],    # label 0 on top: the rival is second
+                       [0.1, 1.5, -0.4, 2.2, 0.8],    # label 1 second: the rival is first
+                       [0.5, -0.7, 0.9, 1.9, 1.4]])   # label 0 fourth
+DLR_LABELS, DLR_TARGETS = np.array([0, 1, 0]), np.array([4, 3, 2])
+
+
+def direct_dlr(logits, labels, target=None):
+    """Per-row DLR written out with np.sort (Croce and Hein 2020, and its targeted form)."""
+    rows = []
+    for i, z in enumerate(np.asarray(logits, dtype=np.float64)):
+        s, y = np.sort(z)[::-1], labels[i]
+        if target is None:
+            rows.append(-(z[y] - np.max(np.delete(z, y))) / (s[0] - s[2] + 1e-12))
+        else:
+            rows.append(-(z[y] - z[target[i]]) / (s[0] - (s[2] + s[3]) / 2 + 1e-12))
+    return np.array(rows)
+
+
+def distinct_logits(rng, n, k, scale):
+    """(n, k) logits whose values in a row lie at least 0.09 * scale apart."""
+    return scale * (0.1 * np.argsort(rng.random((n, k)), axis=1) + 0.01 * rng.random((n, k)))
+
+
+def labels_and_targets(rng, n, k):
+    """Labels, and target classes that differ from them."""
+    labels = rng.integers(0, k, n)
+    return labels, (labels + rng.integers(1, k, n)) % k
+
+
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_dlr_loss_gradient_exhaustive(targeted):
+    logits = DLR_LOGITS.copy()
+    target = DLR_TARGETS if targeted else None
+    loss, dlogits = losses.dlr_loss(logits, DLR_LABELS, target)
+    assert loss.shape == ()
+    np.testing.assert_allclose(float(loss), direct_dlr(logits, DLR_LABELS, target).mean(),
+                               rtol=1e-12)
+    numeric = numerical_gradient(lambda: losses.dlr_loss(logits, DLR_LABELS, target)[0],
+                                 logits, 1.0)
+    assert rel_error(numeric, dlogits) < EXHAUSTIVE_TOL
+    assert np.all(np.abs(dlogits).sum(axis=1) > 0.1)  # no row checks a zero gradient
+
+
+def test_dlr_loss_is_one_where_the_label_is_third():
+    """Untargeted with the label third: the rival is pi1 and -(z_y - z_pi1) / (z_pi1 - z_y) = 1."""
+    logits = np.array([[0.3, 2.0, 1.1, -0.5], [4.0, 3.0, 1.0, 5.0]])
+    loss, dlogits = losses.dlr_loss(logits, np.array([0, 1]), reduction="none")
+    np.testing.assert_allclose(loss, [1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(dlogits, 0.0, atol=1e-12)
+
+
+@given(n=st.integers(1, 6), k=st.integers(4, 10), scale=st.sampled_from([0.1, 1.0, 10.0, 100.0]),
+       shift=st.floats(-50, 50), seed=seeds, targeted=st.booleans())
+def test_dlr_loss_matches_direct_formula_and_ignores_shift_and_scale(n, k, scale, shift, seed,
+                                                                      targeted):
+    rng = np.random.default_rng(seed)
+    logits = distinct_logits(rng, n, k, scale)
+    labels, target = labels_and_targets(rng, n, k)
+    target = target if targeted else None
+    loss, dlogits = losses.dlr_loss(logits, labels, target, reduction="none")
+    assert loss.shape == (n,) and dlogits.shape == (n, k)
+    np.testing.assert_allclose(loss, direct_dlr(logits, labels, target), rtol=1e-10)
+    mean, dmean = losses.dlr_loss(logits, labels, target)
+    np.testing.assert_allclose(float(mean), loss.mean(), rtol=1e-12)
+    np.testing.assert_allclose(dmean, dlogits / n, rtol=1e-12)
+    np.testing.assert_allclose(losses.dlr_loss(3 * logits + shift, labels, target,
+                                               reduction="none")[0], loss, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.sum(dlogits, axis=1), 0.0, atol=1e-9 / scale)
+
+
+def test_losses_reject_an_unknown_reduction():
+    for loss in (losses.dlr_loss, losses.softmax_cross_entropy):
+        with pytest.raises(ValueError, match="reduction"):
+            loss(DLR_LOGITS, DLR_LABELS, reduction="sum")
+
+
+def test_softmax_cross_entropy_without_reduction_gives_each_row():
+    rng = np.random.default_rng(21)
+    logits, labels = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    loss, dlogits = losses.softmax_cross_entropy(logits, labels, reduction="none")
+    for i in range(5):
+        row, drow = losses.softmax_cross_entropy(logits[i:i + 1], labels[i:i + 1])
+        np.testing.assert_allclose(loss[i], float(row), rtol=1e-12)
+        np.testing.assert_allclose(dlogits[i], drow[0], rtol=1e-12)
+
+
 # --- directional checks on drawn shapes ------------------------------------------------------
 
 @st.composite
@@ -370,6 +461,16 @@ def test_softmax_cross_entropy_directional(N, K, scale, seed):
     rng = np.random.default_rng(seed)
     layer = LossLayer(rng.integers(0, K, N))
     assert_directional(layer, scale * rng.standard_normal((N, K)), seed)
+
+
+@given(N=st.integers(1, 6), K=st.integers(4, 10), scale=st.sampled_from([1.0, 10.0, 100.0]),
+       seed=seeds, targeted=st.booleans())
+def test_dlr_loss_directional(N, K, scale, seed, targeted):
+    rng = np.random.default_rng(seed)
+    logits = distinct_logits(rng, N, K, scale)  # gaps of 0.09 or more: no sort changes order
+    labels, target = labels_and_targets(rng, N, K)
+    layer = LossLayer(labels, lambda z, t: losses.dlr_loss(z, t, target if targeted else None))
+    assert_directional(layer, logits, seed)
 
 
 # --- whole models ----------------------------------------------------------------------------
