@@ -1,4 +1,5 @@
 """Adversarial attacks and the exercise's evaluation, on top of `nn`."""
+from .apgd import apgd, apgd_targeted
 from .autoencoder import autoencoder_attack
 from .blackbox import LabelOracle, QueryBudgetExceeded, jacobian_augmentation
 from .evaluate import default_attacks, evaluate, pgd_attack, predict

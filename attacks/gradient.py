@@ -20,15 +20,15 @@ class Pass(NamedTuple):
     grads: dict
 
 
-def loss_and_gradients(model, x, t, input_grad=True):
-    """One forward and one backward pass of the mean cross-entropy: a `Pass`.
+def loss_and_gradients(model, x, t, input_grad=True, loss_fn=softmax_cross_entropy):
+    """One forward and one backward pass of the mean cross-entropy (or of `loss_fn`): a `Pass`.
 
     x (N, C, H, W) float, t (N,) integer labels. dx = dL/dx (None if not input_grad),
     grads = {param name: dL/dparam}. The model runs in whatever mode it is in (training uses
-    this in train mode).
+    this in train mode). loss_fn(logits, t) -> (loss, dlogits), as the losses of nn.losses.
     """
     logits = model.forward(x)
-    loss, dlogits = softmax_cross_entropy(logits, t)
+    loss, dlogits = loss_fn(logits, t)
     dx, grads = model.backward(dlogits, input_grad=input_grad)
     return Pass(loss, logits, dx, grads)
 

@@ -30,6 +30,33 @@ def per_image(value, x):
     return xp.reshape(value, (-1,) + (1,) * (x.ndim - 1)) if value.ndim else value
 
 
+def where_rows(mask, a, b):
+    """Per image, a where mask else b: mask (N,) bool, a and b (N, ...) alike."""
+    xp = xp_of(a)
+    return xp.where(xp.reshape(mask, (-1,) + (1,) * (a.ndim - 1)), a, b)
+
+
+def keep_first_hit(first, found, x_adv, hit):
+    """(first, found) after one more iterate x_adv: the images that `hit` (N,) bool for the
+    first time take x_adv into `first` (like x_adv); found (N,) says who has hit so far."""
+    return where_rows(hit & ~found, x_adv, first), found | hit
+
+
+def take_rows(x, index):
+    """x[index] along the first axis; index a host integer array (M,)."""
+    xp = xp_of(x)
+    return xp.take(x, xp.asarray(np.asarray(index, dtype=np.int64), device=device_of(x)), axis=0)
+
+
+def put_rows(x, index, rows):
+    """A copy of x (N, ...) with x[index[j]] replaced by rows[j] (M, ...); index a host array of
+    distinct positions. A gather from concat([x, rows]): the Array API has no assignment
+    through an integer array."""
+    source = np.arange(x.shape[0])
+    source[np.asarray(index, dtype=np.int64)] = x.shape[0] + np.arange(len(index))
+    return take_rows(xp_of(x).concat([x, rows], axis=0), source)
+
+
 def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, keep_first=True):
     """`steps` projected signed-gradient steps from `start` (default x) within eps of x.
 
@@ -59,14 +86,10 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
                 logits, dx = r.logits, r.dx
             if keep_first:
                 hit = (xp.argmax(logits, axis=1) == labels) == (direction < 0)
-                new = per_image(xp.astype(hit & ~found, x.dtype), x)
-                first, found = new * x_adv + (1 - new) * first, found | hit
+                first, found = keep_first_hit(first, found, x_adv, hit)
             if dx is not None:
                 x_adv = project(x_adv + (direction * step) * xp.sign(dx), low, high)
-    if not keep_first:
-        return x_adv
-    done = per_image(xp.astype(found, x.dtype), x)
-    return done * first + (1 - done) * x_adv
+    return where_rows(found, first, x_adv) if keep_first else x_adv
 
 
 def uniform_start(x, eps, rng):
@@ -122,7 +145,7 @@ def smallest_targeted(model, x, target, max_eps=1.0, steps=20, searches=8):
         x_try = targeted_pgd(model, x, target, eps=eps, steps=steps)
         with eval_mode(model):
             hit = xp.argmax(model.forward(x_try), axis=1) == target
-        best = xp.where(xp.reshape(hit, (-1,) + (1,) * (x.ndim - 1)), x_try, best)
+        best = where_rows(hit, x_try, best)
         hit = to_numpy(hit).astype(bool)
         success |= hit
         high, low = np.where(hit, eps, high), np.where(hit, low, eps)

@@ -1,0 +1,136 @@
+"""Auto-PGD (Croce and Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks") in the L-infinity ball: APGD-CE, APGD-DLR and APGD-T.
+
+PGD needs a step size, and a badly chosen one makes a model look more robust than it is. APGD
+chooses it as it goes: it starts with steps of 2 eps and, at checkpoints placed ever closer
+together, halves the step of each image whose loss rose in fewer than 75% of the steps since
+the last checkpoint (or whose best loss and step did not change), and restarts that image from
+the best point it has seen. A momentum term (0.75 of the new step, 0.25 of the last move)
+smooths the walk. The DLR loss (nn.losses.dlr_loss) does not change when the logits are scaled,
+so a model that makes its logits huge (and its softmax flat in float32) cannot hide from it.
+APGD-T runs targeted DLR toward each of the top wrong classes in turn, on the images that are
+still classified correctly.
+"""
+import numpy as np
+
+from nn.backend import device_of, to_numpy, xp_of
+from nn.losses import dlr_loss, softmax_cross_entropy
+
+from .gradient import eval_mode, loss_and_gradients
+from .iterative import keep_first_hit, per_image, project, put_rows, take_rows, uniform_start, \
+    where_rows
+
+RHO = 0.75       # a step keeps its size while the loss rose in at least this share of steps
+MOMENTUM = 0.75  # weight of the new signed step; 1 - MOMENTUM goes to the previous move
+
+
+def checkpoints(steps):
+    """The iterations (1-based) after which APGD reviews the step sizes, ascending.
+
+    The paper's p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) times
+    `steps`, in AutoAttack's whole numbers: the first interval max(int(0.22 steps), 1), each
+    next one shorter by max(int(0.03 steps), 1), none shorter than max(int(0.06 steps), 1).
+    For 100 steps: 22, 41, 57, 70, 80, 87, 93, 99.
+    """
+    length, shrink = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1)
+    shortest = max(int(0.06 * steps), 1)
+    points = []
+    while (points[-1] if points else 0) + length <= steps:
+        points.append((points[-1] if points else 0) + length)
+        length = max(length - shrink, shortest)
+    return points
+
+
+def objective(loss, target=None):
+    """The per-image loss APGD climbs, (logits, t) -> (losses (N,), dlogits (N, K)).
+
+    "ce": cross-entropy; "dlr": DLR, targeted toward `target` (N,) when it is given.
+    """
+    if loss == "ce" and target is None:
+        return lambda logits, t: softmax_cross_entropy(logits, t, reduction="none")
+    if loss == "dlr":
+        return lambda logits, t: dlr_loss(logits, t, target, reduction="none")
+    raise ValueError(f"apgd: loss must be 'ce' or 'dlr' (and a target needs 'dlr'), got {loss!r}")
+
+
+def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None):
+    """One APGD run: (x_adv like x, found (N,) bool: the images misclassified by some iterate).
+
+    See `apgd`; this also tells which images it broke, so APGD-T can go on with the others.
+    """
+    xp = xp_of(x)
+    climb = objective(loss, target)
+    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    x_adv = x if rng is None else project(uniform_start(x, eps, rng), low, high)
+    step = per_image(xp.full(x.shape[0], 2.0 * eps, dtype=x.dtype, device=device_of(x)), x)
+    reviews, last_review = checkpoints(steps), 0
+    with eval_mode(model):
+        r = loss_and_gradients(model, x_adv, t, loss_fn=climb)
+        found = xp.argmax(r.logits, axis=1) != t
+        first = x_adv
+        x_prev, grad, current = x_adv, r.dx, r.loss
+        x_best, grad_best, best = x_adv, r.dx, r.loss
+        rises = xp.zeros_like(best)
+        # at the first checkpoint only the share of rising steps can halve a step
+        halved, best_at_review = xp.ones(x.shape[0], dtype=xp.bool, device=device_of(x)), best
+        for i in range(1, steps + 1):
+            a = MOMENTUM if i > 1 else 1.0
+            z = project(x_adv + step * xp.sign(grad), low, high)
+            x_prev, x_adv = x_adv, project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev),
+                                           low, high)
+            r = loss_and_gradients(model, x_adv, t, loss_fn=climb)
+            first, found = keep_first_hit(first, found, x_adv, xp.argmax(r.logits, axis=1) != t)
+            rises = rises + xp.astype(r.loss > current, rises.dtype)
+            current, grad = r.loss, r.dx
+            better = r.loss > best
+            x_best, grad_best = where_rows(better, x_adv, x_best), where_rows(better, grad, grad_best)
+            best = xp.where(better, r.loss, best)
+            if reviews and i == reviews[0]:
+                interval, last_review = i - last_review, reviews.pop(0)
+                halve = (rises < RHO * interval) | (~halved & (best <= best_at_review))
+                halved, best_at_review = halve, best
+                step = where_rows(halve, step / 2, step)
+                x_adv, grad = where_rows(halve, x_best, x_adv), where_rows(halve, grad_best, grad)
+                rises = xp.zeros_like(rises)
+        model.clear_caches()
+    return where_rows(found, first, x_best), found
+
+
+def apgd(model, x, t, eps, steps=100, loss="ce", target=None, rng=None):
+    """APGD in the L-infinity ball: x (N, C, H, W) in [0, 1], t (N,) labels -> x_adv like x.
+
+    eps a scalar; loss "ce" (APGD-CE) or "dlr" (APGD-DLR; with target (N,) wrong classes, the
+    targeted DLR of APGD-T). `steps` forward and backward passes (plus one at the start),
+    from a uniform random point of the ball drawn from host generator rng (from x without rng).
+    Per image the first iterate that the model misclassifies (argmax != t, also when targeted)
+    is returned, else the iterate of the highest loss. |x_adv - x| <= eps, 0 <= x_adv <= 1.
+    Runs in eval mode: BatchNorm's statistics are used, never changed.
+    """
+    return apgd_run(model, x, t, eps, steps, loss, target, rng)[0]
+
+
+def apgd_targeted(model, x, t, eps, steps=100, n_target_classes=9, rng=None):
+    """APGD-T: targeted-DLR APGD toward each of the top n_target_classes wrong classes in turn.
+
+    x (N, C, H, W) in [0, 1], t (N,) -> x_adv like x. The targets are the classes of the 2nd,
+    3rd, ... largest clean logit; each run attacks only the images that are still classified
+    correctly (the others keep their adversarial point), so a broken image costs nothing more.
+    Images misclassified from the start, and images no run breaks, come back unchanged.
+    """
+    xp = xp_of(x)
+    with eval_mode(model):
+        logits = model.forward(x)
+        model.clear_caches()
+    order = xp.argsort(logits, axis=1, descending=True)
+    broken = to_numpy(xp.argmax(logits, axis=1) != t).astype(bool)
+    x_adv = x
+    for rank in range(1, min(n_target_classes, logits.shape[1] - 1) + 1):
+        todo = np.flatnonzero(~broken)
+        if todo.size == 0:
+            break
+        out, found = apgd_run(model, take_rows(x, todo), take_rows(t, todo), eps, steps, "dlr",
+                              take_rows(order[:, rank], todo), rng)
+        hit = to_numpy(found).astype(bool)
+        x_adv = put_rows(x_adv, todo[hit], take_rows(out, np.flatnonzero(hit)))
+        broken[todo[hit]] = True
+    return x_adv
