@@ -7,12 +7,19 @@ adversarial images transfer to the victim. Jacobian-based dataset augmentation c
 images to query: each labelled image moved one signed step along the direction in which the
 substitute's score for the oracle's label changes most, i.e. toward the substitute's decision
 boundaries, where labels teach the substitute the most.
+
+A `ScoreOracle` answers more: the logits (or probabilities) of each image it is asked about,
+still without a gradient. That is what score-based attacks such as Square (attacks/square.py)
+work from.
 """
+from collections import Counter
+
 import numpy as np
 
 from nn.backend import device_of, xp_of
+from nn.losses import softmax
 
-from .evaluate import EVAL_BATCH, predict
+from .evaluate import EVAL_BATCH, batch_slices, predict
 from .gradient import eval_mode
 
 
@@ -20,17 +27,13 @@ class QueryBudgetExceeded(RuntimeError):
     """A query would take the oracle past its budget; nothing was answered or counted."""
 
 
-class LabelOracle:
-    """A trained model seen from outside: host images (N, C, H, W) -> host labels (N,) int64.
-
-    No logits, probabilities or gradients leave it. `queries` counts every image ever asked
-    about (asking twice about the same image counts twice). With a `budget`, a request that
-    would take `queries` past it raises QueryBudgetExceeded before the model runs.
-    """
+class _Oracle:
+    """What every oracle shares: the model, `queries` (every image asked about, asking twice
+    counting twice) and an optional `budget` on them."""
 
     def __init__(self, model, budget=None, batch_size=EVAL_BATCH):
         if budget is not None and budget < 0:
-            raise ValueError(f"LabelOracle: budget must be >= 0, got {budget}")
+            raise ValueError(f"{type(self).__name__}: budget must be >= 0, got {budget}")
         self._model, self._batch_size = model, batch_size
         self.budget, self.queries = budget, 0
 
@@ -39,15 +42,72 @@ class LabelOracle:
         """Queries left (None without a budget)."""
         return None if self.budget is None else self.budget - self.queries
 
-    def __call__(self, images):
-        n = len(images)
+    def _check_budget(self, n):
         if self.budget is not None and self.queries + n > self.budget:
             raise QueryBudgetExceeded(
                 f"the oracle answers at most {self.budget} images; {self.queries} were asked "
                 f"already, and {n} more would exceed the budget")
+
+
+class LabelOracle(_Oracle):
+    """A trained model seen from outside: host images (N, C, H, W) -> host labels (N,) int64.
+
+    No logits, probabilities or gradients leave it. `queries` counts every image ever asked
+    about (asking twice about the same image counts twice). With a `budget`, a request that
+    would take `queries` past it raises QueryBudgetExceeded before the model runs.
+    """
+
+    def __call__(self, images):
+        n = len(images)
+        self._check_budget(n)
         labels = predict(self._model, images, self._batch_size).astype(np.int64)
         self.queries += n
         return labels
+
+
+class ScoreOracle(_Oracle):
+    """A trained model seen from outside through its scores, in eval mode; no gradient leaves it.
+
+    oracle(images, ids=None): images (M, C, H, W) in the model's namespace and on its device ->
+    scores (M, K) there: logits (output="logits") or probabilities (output="probs").
+    `queries` counts every image asked about; ids (M,) host integers naming the images (say,
+    their indices in the test set) count each one's queries in `per_image` (a Counter) too.
+    `budget` caps `queries`, `per_image_budget` each named image's count: a request that would
+    pass either raises QueryBudgetExceeded before the model runs, and nothing is counted.
+    """
+
+    def __init__(self, model, output="logits", budget=None, per_image_budget=None,
+                 batch_size=EVAL_BATCH):
+        if output not in ("logits", "probs"):
+            raise ValueError(f"ScoreOracle: output must be 'logits' or 'probs', got {output!r}")
+        if per_image_budget is not None and per_image_budget < 0:
+            raise ValueError(f"ScoreOracle: per_image_budget must be >= 0, got {per_image_budget}")
+        super().__init__(model, budget, batch_size)
+        self.output, self.per_image_budget, self.per_image = output, per_image_budget, Counter()
+
+    def __call__(self, images, ids=None):
+        n = images.shape[0]
+        ids = None if ids is None else [int(i) for i in np.asarray(ids).reshape(-1)]
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"ScoreOracle: {len(ids)} ids for {n} images")
+        self._check_budget(n)
+        if self.per_image_budget is not None:
+            if ids is None:
+                raise ValueError("ScoreOracle: a per_image_budget needs the ids of the images")
+            asked = Counter(ids)
+            over = [i for i in asked if self.per_image[i] + asked[i] > self.per_image_budget]
+            if over:
+                raise QueryBudgetExceeded(
+                    f"the oracle answers at most {self.per_image_budget} queries per image; "
+                    f"image {over[0]} has had {self.per_image[over[0]]}")
+        xp = xp_of(images)
+        with eval_mode(self._model):
+            scores = xp.concat([self._model.forward(images[s, ...])
+                                for s in batch_slices(n, self._batch_size)], axis=0)
+            self._model.clear_caches()
+        self.queries += n
+        self.per_image.update(ids or [])
+        return softmax(scores) if self.output == "probs" else scores
 
 
 def jacobian_augmentation(substitute, x, labels, lam=0.1):

@@ -1,6 +1,7 @@
 """Tests for attacks/blackbox.py and `attack.py blackbox`.
 
 - the label oracle: labels only, every image counted, nothing answered past the budget;
+- the score oracle: eval-mode logits or probabilities, counted in total and per image, budgets;
 - Jacobian augmentation on a linear model whose logit gradients are its weight columns, on
   every backend, and on a CNN: the oracle label's logit rises after a small step;
 - a tiny in-process run of the experiment, and its one-sentence errors.
@@ -12,11 +13,12 @@ import pytest
 
 import attack
 import train
-from attacks import predict
-from attacks.blackbox import LabelOracle, QueryBudgetExceeded, jacobian_augmentation
+from attacks import eval_mode, predict
+from attacks.blackbox import LabelOracle, QueryBudgetExceeded, ScoreOracle, jacobian_augmentation
 from helpers import assert_like
-from nn import Conv2d, Dense, Flatten, ReLU, Sequential, reference_cnn
+from nn import Conv2d, Dense, Flatten, ReLU, Sequential, reference_cnn, softmax
 from nn.gradcheck import as_float64
+from test_attacks import random_bn_state
 
 
 def random_images(n, seed=0, shape=(1, 28, 28)):
@@ -46,6 +48,63 @@ def test_oracle_refuses_past_its_budget_without_counting():
     with pytest.raises(QueryBudgetExceeded):
         oracle(x[:1])
     assert oracle.queries == 10
+
+
+def bn_model():
+    """A reference CNN with BatchNorm in train mode, its running statistics made random."""
+    rng = np.random.default_rng(2)
+    return random_bn_state(reference_cnn(batch_norm=True, rng=rng), rng).train()
+
+
+def test_score_oracle_answers_eval_mode_scores_and_counts_each_image():
+    model = bn_model()
+    before = model.state_dict()
+    x = random_images(5)
+    with eval_mode(model):
+        logits = model.forward(x)
+    model.train()
+    oracle = ScoreOracle(model, batch_size=2)
+    np.testing.assert_allclose(oracle(x[:3], ids=[7, 8, 9]), logits[:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(oracle(x[1:], ids=np.array([8, 9, 10, 11])), logits[1:],
+                               rtol=1e-5, atol=1e-6)
+    oracle(x[:1])  # unnamed images count in the total only
+    assert oracle.queries == 8 and dict(oracle.per_image) == {7: 1, 8: 2, 9: 2, 10: 1, 11: 1}
+    assert model.training  # the mode is restored, the statistics untouched
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    probs = ScoreOracle(model, output="probs")(x)
+    np.testing.assert_allclose(probs, softmax(logits), rtol=1e-5, atol=1e-7)
+
+
+def test_score_oracle_refuses_past_its_budgets_without_counting():
+    x = random_images(4)
+    oracle = ScoreOracle(reference_cnn(rng=np.random.default_rng(1)), budget=6,
+                         per_image_budget=2)
+    oracle(x[:2], ids=[0, 1])
+    oracle(x[:2], ids=[0, 1])
+    with pytest.raises(QueryBudgetExceeded, match="at most 2 queries per image"):
+        oracle(x[1:3], ids=[1, 2])
+    with pytest.raises(QueryBudgetExceeded, match="at most 6 images"):
+        oracle(x[:3], ids=[2, 3, 3])
+    assert oracle.queries == 4 and oracle.remaining == 2 and oracle.per_image[2] == 0
+    with pytest.raises(ValueError, match="needs the ids"):
+        oracle(x[:1])
+    with pytest.raises(ValueError, match="ids for"):
+        oracle(x[:2], ids=[1])
+    oracle(x[2:], ids=[2, 3])
+    assert oracle.remaining == 0
+    with pytest.raises(ValueError, match="output"):
+        ScoreOracle(reference_cnn(), output="labels")
+
+
+def test_score_oracle_on_every_backend(xp):
+    model, _ = linear(xp, np.float32)
+    host, _ = linear(np, np.float32)
+    x_np = random_images(5, shape=(1, 2, 2))
+    x = xp.asarray(x_np)
+    for output in ("logits", "probs"):
+        assert_like(ScoreOracle(model, output=output)(x),
+                    ScoreOracle(host, output=output)(x_np), x)
 
 
 def linear(xp, dtype):

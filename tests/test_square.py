@@ -1,0 +1,157 @@
+"""Tests for attacks/square.py: the Square attack, which sees a model only through a ScoreOracle.
+
+- no gradient: it breaks an easy model whose every backward raises;
+- its procedure, read from the queries a recording oracle sees: stripes first, then one square
+  of the scheduled side per proposal, every pixel on a corner of the ball, a proposal kept only
+  where the margin falls, no query after an image is misclassified, at most n_queries each;
+- the schedule of the square's area, the margin, probabilities as good as logits;
+- every backend, and the strict backend's no_float64 device.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from attacks import ScoreOracle, eval_mode, square
+from attacks.square import margins, p_schedule
+from helpers import assert_like
+from nn import Dense, Flatten, Sequential
+from nn.gradcheck import as_float64
+from test_apgd import batch, tiny_model
+from test_attacks import seeds
+
+
+def no_backward(model):
+    """The model, with every layer's backward replaced by one that raises."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Square attack asked for a gradient")
+    for layer in model.layers:
+        layer.backward = refuse
+    model.backward = refuse
+    return model
+
+
+def easy_linear_model():
+    """Flatten -> Dense(64 -> 4) on 1x8x8 images, float32, with margins that eps 0.1 can undo."""
+    rng = np.random.default_rng(11)
+    model = Sequential(Flatten(), Dense(64, 4))
+    model.layers[1].params = {"W": rng.normal(0, 1, (64, 4)).astype(np.float32),
+                              "b": np.zeros(4, dtype=np.float32)}
+    return model
+
+
+def test_square_breaks_an_easy_model_without_any_gradient():
+    model = no_backward(easy_linear_model())
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (20, 1, 8, 8)).astype(np.float32)
+    t = np.argmax(model.forward(x), axis=1)
+    oracle = ScoreOracle(model)
+    out = square(oracle, x, t, 0.1, n_queries=300, rng=np.random.default_rng(1))
+    fooled = np.argmax(model.forward(out), axis=1) != t
+    assert fooled.mean() >= 0.9
+    assert np.abs(out - x).max() <= 0.1 + 1e-6
+    assert max(oracle.per_image.values()) <= 300 and oracle.queries == sum(
+        oracle.per_image.values())
+
+
+class RecordingOracle(ScoreOracle):
+    """A ScoreOracle that keeps a copy of every request: (images, ids, scores)."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, **kwargs)
+        self.log = []
+
+    def __call__(self, images, ids=None):
+        scores = super().__call__(images, ids)
+        self.log.append((np.array(images), np.array(ids), np.array(scores)))
+        return scores
+
+
+def square_bounding_box(changed):
+    """Height and width of the smallest box around the True pixels of changed (C, H, W)."""
+    rows, cols = np.flatnonzero(changed.any(axis=(0, 2))), np.flatnonzero(changed.any(axis=(0, 1)))
+    return (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) if rows.size else (0, 0)
+
+
+@given(seed=seeds, eps=st.floats(0.05, 0.4), n_queries=st.integers(1, 60),
+       p_init=st.sampled_from([0.8, 0.3, 0.05]))
+def test_square_procedure_as_the_oracle_sees_it(seed, eps, n_queries, p_init):
+    model = tiny_model(seed % 3)
+    x, t = batch(seed, 6, np.float32, model)
+    oracle = RecordingOracle(model)
+    out = square(oracle, x, t, eps, n_queries=n_queries, p_init=p_init,
+                 rng=np.random.default_rng(seed))
+    low, high = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    images, ids, scores = oracle.log[0]
+    np.testing.assert_array_equal(ids, np.arange(6))
+    corner = (np.isclose(images, low, atol=1e-6) | np.isclose(images, high, atol=1e-6))
+    assert corner.all()                                   # every pixel on a corner of the ball
+    up_down = np.sign(images - x)  # vertical stripes: one sign per column (0 where clipped)
+    assert not np.any((up_down.max(axis=2) > 0) & (up_down.min(axis=2) < 0))
+    best, margin = images.copy(), margins(scores, t)
+    for i, (images, ids, scores) in enumerate(oracle.log[1:]):
+        assert np.all(margin[ids] > 0)  # only images still classified correctly are asked about
+        side = min(max(int(round(np.sqrt(p_schedule(i, n_queries, p_init) * 64))), 1), 8)
+        for j, k in enumerate(ids):
+            h, w = square_bounding_box(images[j] != best[k])
+            assert h <= side and w <= side
+            assert np.all(np.isclose(images[j], low[k], atol=1e-6)
+                          | np.isclose(images[j], high[k], atol=1e-6))
+        new = margins(scores, t[ids])
+        keep = new < margin[ids]
+        best[ids[keep]], margin[ids[keep]] = images[keep], new[keep]
+    np.testing.assert_array_equal(out, best)
+    assert len(oracle.log) <= n_queries
+    assert all(n <= n_queries for n in oracle.per_image.values())
+    with eval_mode(model):
+        assert np.all((np.argmax(model.forward(out), axis=1) != t) | (margin > 0))
+
+
+def test_eps_zero_is_a_no_op():
+    model = tiny_model(0)
+    x, t = batch(1, 4, np.float32, model)
+    np.testing.assert_array_equal(square(ScoreOracle(model), x, t, 0.0, n_queries=20), x)
+
+
+def test_p_schedule_halves_at_the_references_iterations():
+    assert [p_schedule(i, 10000) for i in (0, 10, 11, 50, 51, 200, 201, 8000, 8001, 9999)] == \
+        [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.8 / 256, 0.8 / 512, 0.8 / 512]
+    # rescaled to 5,000 queries: the same schedule at half the iterations
+    assert [p_schedule(i, 5000) for i in (5, 6, 25, 26)] == [0.8, 0.4, 0.4, 0.2]
+
+
+def test_margins_are_the_true_score_minus_the_best_other():
+    scores = np.array([[1.0, 3.0, 2.0], [5.0, -1.0, 4.5], [0.0, 0.0, -2.0]])
+    np.testing.assert_allclose(margins(scores, np.array([1, 0, 0])), [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(margins(scores, np.array([2, 1, 2])), [-1.0, -6.0, -2.0])
+
+
+def test_probabilities_serve_as_well_as_logits():
+    model = as_float64(tiny_model(2))
+    x, t = batch(2, 6, np.float64, model)
+    runs = [square(ScoreOracle(model, output=output), x, t, 0.2, n_queries=40,
+                   rng=np.random.default_rng(5)) for output in ("logits", "probs")]
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def backend_case(xp, device=None):
+    x_np, t_np = batch(5, 6, np.float32, tiny_model(3))
+    kwargs = {} if device is None else {"device": device}
+    return (tiny_model(3), tiny_model(3).to(xp, **kwargs), x_np, t_np,
+            xp.asarray(x_np, **kwargs), xp.asarray(t_np, **kwargs))
+
+
+def test_square_on_every_backend(xp):
+    model_np, model, x_np, t_np, x, t = backend_case(xp)
+    out = square(ScoreOracle(model), x, t, 0.2, n_queries=30, rng=np.random.default_rng(4))
+    assert_like(out, square(ScoreOracle(model_np), x_np, t_np, 0.2, n_queries=30,
+                            rng=np.random.default_rng(4)), x)
+
+
+def test_square_never_needs_float64():
+    xps = pytest.importorskip("array_api_strict")
+    model_np, model, x_np, t_np, x, t = backend_case(xps, xps.Device("no_float64"))
+    for output in ("logits", "probs"):
+        out = square(ScoreOracle(model, output=output), x, t, 0.2, n_queries=30,
+                     rng=np.random.default_rng(4))
+        assert_like(out, square(ScoreOracle(model_np, output=output), x_np, t_np, 0.2,
+                                n_queries=30, rng=np.random.default_rng(4)), x)
+
