@@ -1,0 +1,150 @@
+"""Tests for `attack.py robust`: the worst case over FGS, PGD, APGD-CE, APGD-T and Square.
+
+In-process runs on CNNs trained for one epoch on 96 images (one with BatchNorm and --alpha
+0.2), a handful of test images and few steps and queries: the cascade (each attack sees exactly
+the images no attack before it broke), PGD alone on every correctly classified image, the
+report's counts, the CSV, the figure, eps from the checkpoint, and the one-sentence errors.
+"""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import train
+from experiments import robust
+from nn.checkpoint import load_checkpoint, save_checkpoint
+from test_experiments import cli  # noqa: F401  (the fixture)
+from test_train import PNG, SMALL, assert_one_sentence, call
+
+QUICK = ("--images", 24, "--pgd-steps", 3, "--apgd-steps", 4, "--targets", 2,
+         "--square-queries", 20)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny train.py runs: plain (--alpha 0.3) and with BatchNorm (--alpha 0.2)."""
+    root = tmp_path_factory.mktemp("robust")
+    runs = {"plain": [], "bn": ["--bn", "--alpha", "0.2"]}
+    for name, flags in runs.items():
+        assert call(train.main, [*SMALL, "--epochs", 1, *flags, "--out", root / name]) == 0
+    return {name: root / name / "checkpoint.npz" for name in runs}
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """(attack name, test-image indices it was given) of every call of an attack, in order."""
+    calls = []
+    make = robust.make_attacks
+
+    def recording(args, eps, oracle):
+        def wrap(name, attack):
+            def run(model, x, t, rng, ids):
+                calls.append((name, list(ids)))
+                return attack(model, x, t, rng, ids)
+            return run
+        return {name: wrap(name, attack) for name, attack in make(args, eps, oracle).items()}
+    monkeypatch.setattr(robust, "make_attacks", recording)
+    return calls
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_robust_runs_the_attacks_in_turn_on_the_images_still_robust(cli, checkpoints, tmp_path,
+                                                                     recorded):
+    code, out, err = cli("robust", "--checkpoint", checkpoints["plain"], "--out", tmp_path,
+                         "--eps", 0.02, *QUICK)
+    assert code == 0, err
+    rows = read_csv(tmp_path / "robust.csv")
+    assert [int(r["index"]) for r in rows] == list(range(24))
+    broken_by = np.array([r["broken_by"] for r in rows])
+    wrong = np.array([r["label"] != r["clean_prediction"] for r in rows])
+    np.testing.assert_array_equal(broken_by == "clean", wrong)
+    # every attack was given exactly the images that were still robust when its turn came
+    # (here at least one each), then PGD alone the images that FGS broke
+    expected, done = [], ["clean"]
+    for name in robust.ATTACKS:
+        expected.append((name, list(np.flatnonzero(~np.isin(broken_by, done)))))
+        done.append(name)
+    expected.append(("pgd", list(np.flatnonzero(broken_by == "fgs"))))
+    assert recorded == expected and all(ids for _, ids in recorded)
+
+    report = json.loads((tmp_path / "results.json").read_text())
+    (model,) = report["models"]
+    assert report["settings"]["attacks"] == list(robust.ATTACKS) and model["eps"] == 0.02
+    n, n_correct = model["n"], model["n_correct"]
+    assert n == 24 and n_correct == int(np.sum(~wrong))
+    still = n_correct
+    for stage in model["attacks"]:
+        assert stage["attacked"] == still
+        assert stage["broke_first"] == int(np.sum(broken_by == stage["attack"]))
+        still -= stage["broke_first"]
+        assert stage["robust_acc"] == pytest.approx(still / n)
+        assert stage["robust_acc_of_correct"] == pytest.approx(still / n_correct)
+        assert stage["max_linf"] <= 0.02 + 1e-6 and stage["seconds"] >= 0
+        assert f"{robust.NAMES[stage['attack']]:8s} broke {stage['broke_first']} of" in out
+    assert model["robust_acc"] == pytest.approx(still / n) == pytest.approx(
+        np.mean(broken_by == "none"))
+    assert model["robust_acc"] <= model["pgd_alone"]["robust_acc"] <= model["clean_acc"]
+    assert 0 < model["square_queries"] <= 20 * model["attacks"][-1]["attacked"]
+    assert (tmp_path / "robust.png").read_bytes().startswith(PNG)
+
+
+def test_robust_compares_models_each_at_its_own_eps(cli, checkpoints, tmp_path):
+    code, out, err = cli("robust", "--checkpoint", checkpoints["plain"], "--compare",
+                         checkpoints["bn"], "--out", tmp_path, "--attacks", "pgd", "square",
+                         *QUICK)
+    assert code == 0, err
+    models = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert [m["eps"] for m in models] == [0.3, 0.2]  # each checkpoint's --alpha
+    assert [m["label"] for m in models] == ["standard", "standard, BN"]
+    for m in models:
+        assert [s["attack"] for s in m["attacks"]] == ["pgd", "square"]
+        # with no attack before PGD, PGD alone is PGD's own turn
+        assert m["pgd_alone"]["robust_acc"] == m["attacks"][0]["robust_acc"]
+    rows = read_csv(tmp_path / "robust.csv")
+    assert len(rows) == 48 and {r["model"] for r in rows} == {"standard", "standard, BN"}
+    assert {r["broken_by"] for r in rows} <= {"clean", "pgd", "square", "none"}
+    assert out.count("PGD      broke") == 2
+
+
+def test_restarts_run_again_on_the_images_still_robust(cli, checkpoints, tmp_path, recorded):
+    code, out, err = cli("robust", "--checkpoint", checkpoints["plain"], "--out", tmp_path,
+                         "--eps", 0.02, "--attacks", "apgd-ce", "square", "--restarts", 2,
+                         *QUICK)
+    assert code == 0, err
+    broken_by = np.array([r["broken_by"] for r in read_csv(tmp_path / "robust.csv")])
+    first, second = recorded[0][1], recorded[1][1]
+    assert [name for name, _ in recorded] == ["apgd-ce", "apgd-ce", "square"]
+    assert first == list(np.flatnonzero(broken_by != "clean"))
+    assert set(second) <= set(first) and recorded[2][1] == list(np.flatnonzero(
+        ~np.isin(broken_by, ["clean", "apgd-ce"])))
+
+
+def test_a_checkpoint_without_alpha_needs_eps(cli, checkpoints, tmp_path):
+    arrays, meta = load_checkpoint(checkpoints["plain"])
+    del meta["settings"]["alpha"]
+    save_checkpoint(tmp_path / "old.npz", arrays, meta)
+    code, out, err = cli("robust", "--checkpoint", tmp_path / "old.npz", "--out", tmp_path,
+                         *QUICK)
+    assert code == 1
+    assert_one_sentence(err.replace("attack.py robust: error", "train.py: error"),
+                        "has no --alpha in its settings: give --eps")
+
+
+@pytest.mark.parametrize("argv", [("--eps", "1.5"), ("--attacks", "fab"),
+                                  ("--square-p-init", "0"), ("--targets", "0")])
+def test_bad_robust_flag_is_an_argparse_error(cli, argv):
+    code, out, err = cli("robust", *argv)
+    assert code == 2 and "error:" in err and "Traceback" not in err
+
+
+def test_robust_help_gives_autoattacks_defaults(cli):
+    code, out, err = cli("robust", "--help")
+    assert code == 0 and "None" not in out
+    for flag, default in (("--apgd-steps", 100), ("--targets", 9), ("--square-queries", 5000),
+                          ("--square-p-init", 0.8), ("--pgd-steps", 20), ("--restarts", 1)):
+        assert flag in out and f"(default: {default})" in out
