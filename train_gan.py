@@ -3,7 +3,9 @@
     python train_gan.py --gan-loss minimax          # or nonsaturating (the default)
 
 A dense generator maps z ~ N(0, I) to 28x28 images in [0, 1]; a dense discriminator returns a
-logit. Each epoch prints one line and updates the run folder: metrics.csv, gan.png, a 10x10 grid
+logit. By default the discriminator has dropout 0.3 after each hidden layer and targets 0.9 for
+real images (one-sided label smoothing): without them (--d-dropout 0 --real-label 1) it
+overpowers the generator and the non-saturating cost drifts (README, issue 15). Each epoch prints one line and updates the run folder: metrics.csv, gan.png, a 10x10 grid
 of samples from a fixed z (samples_epochNNN.png and samples.png), and checkpoint.npz (from which
 --resume continues); first_steps.csv holds the first 50 generator steps of epoch 1 one by one.
 Sample quality is scored with the project's own MNIST classifier (--classifier, a train.py

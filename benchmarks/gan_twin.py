@@ -202,10 +202,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--beta1", type=float, default=0.5)
     p.add_argument("--d-lr", type=float, help="D's learning rate (default: --lr)")
-    p.add_argument("--d-dropout", type=float, default=0.0,
-                   help="dropout after each LeakyReLU of D")
-    p.add_argument("--real-label", type=float, default=1.0,
-                   help="D's target for real images (0.9: one-sided label smoothing)")
+    p.add_argument("--d-dropout", type=float, default=0.3,
+                   help="dropout after each LeakyReLU of D (train_gan.py's default)")
+    p.add_argument("--real-label", type=float, default=0.9,
+                   help="D's target for real images; < 1 is one-sided label smoothing "
+                        "(train_gan.py's default)")
     p.add_argument("--d-steps", type=int, default=1)
     p.add_argument("--z-dim", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)

@@ -54,11 +54,12 @@ def parse_args(argv=None, prog=None):
                    help="discriminator steps (each on its own real batch) per generator step")
     p.add_argument("--d-lr", type=positive_float,
                    help="Adam learning rate of the discriminator (default: --lr)")
-    p.add_argument("--d-dropout", type=float_in(0, 1, high_open=True), default=0.0,
-                   help="dropout probability after each LeakyReLU of the discriminator")
-    p.add_argument("--real-label", type=float_in(0, 1, low_open=True), default=1.0,
+    p.add_argument("--d-dropout", type=float_in(0, 1, high_open=True), default=0.3,
+                   help="dropout probability after each LeakyReLU of the discriminator "
+                        "(0: none, as before issue 15)")
+    p.add_argument("--real-label", type=float_in(0, 1, low_open=True), default=0.9,
                    help="the discriminator's target for real images; below 1 is one-sided "
-                        "label smoothing")
+                        "label smoothing (1: none, as before issue 15)")
     p.add_argument("--z-dim", type=int_at_least(1), default=100, help="size of the noise z")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--out", type=Path, help="run folder (default: runs/gan-<loss>-seed<seed>)")
