@@ -16,7 +16,7 @@ from attacks.square import margins, p_schedule
 from helpers import assert_like
 from nn import Dense, Flatten, Sequential
 from nn.gradcheck import as_float64
-from test_apgd import batch, tiny_model
+from test_apgd import backend_case, batch, tiny_model
 from test_attacks import seeds
 
 
@@ -130,13 +130,6 @@ def test_probabilities_serve_as_well_as_logits():
     runs = [square(ScoreOracle(model, output=output), x, t, 0.2, n_queries=40,
                    rng=np.random.default_rng(5)) for output in ("logits", "probs")]
     np.testing.assert_array_equal(runs[0], runs[1])
-
-
-def backend_case(xp, device=None):
-    x_np, t_np = batch(5, 6, np.float32, tiny_model(3))
-    kwargs = {} if device is None else {"device": device}
-    return (tiny_model(3), tiny_model(3).to(xp, **kwargs), x_np, t_np,
-            xp.asarray(x_np, **kwargs), xp.asarray(t_np, **kwargs))
 
 
 def test_square_on_every_backend(xp):
