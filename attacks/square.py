@@ -6,8 +6,9 @@ masking) cannot hide from it. It starts each image at vertical stripes of +-eps,
 iteration proposes one change: a random square of the image, each channel of it moved by
 +-2 eps and projected back into the ball and [0, 1], so that the square's pixels land on a
 corner of the ball. The proposal is kept where it lowers the margin of the true class,
-z_y - max_{i != y} z_i; an image is done once that margin is <= 0 (misclassified), so the
-first adversarial point found is the one returned. Squares start large (p_init = 0.8 of the
+z_y - max_{i != y} z_i, or where it is misclassified (argmax != y, as the evaluation counts:
+a tie counts as correct when the label is the first of the tied classes); an image is done once
+misclassified, so the first adversarial point found is the one returned. Squares start large (p_init = 0.8 of the
 pixels) and shrink as the queries go by.
 """
 import math
@@ -87,9 +88,10 @@ def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None):
     ids = np.arange(N) if ids is None else np.asarray(ids)
     low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
     x_best = project(x + eps * _signs(rng, (N, C, 1, W), x), low, high)
-    margin = margins(_log_scores(oracle, x_best, ids), t)
+    scores = _log_scores(oracle, x_best, ids)
+    margin, wrong = margins(scores, t), xp.argmax(scores, axis=1) != t
     for i in range(n_queries - 1):
-        todo = np.flatnonzero(to_numpy(margin > 0))
+        todo = np.flatnonzero(~to_numpy(wrong))
         if todo.size == 0:
             break
         side = min(max(int(round(math.sqrt(p_schedule(i, n_queries, p_init) * H * W))), 1),
@@ -98,9 +100,11 @@ def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None):
         change = (2.0 * eps) * _square_masks(rng, todo.size, side, H, W, x) * _signs(
             rng, (todo.size, C, 1, 1), x)
         proposal = project(best + change, take_rows(low, todo), take_rows(high, todo))
-        old = take_rows(margin, todo)
-        new = margins(_log_scores(oracle, proposal, ids[todo]), take_rows(t, todo))
-        better = new < old
+        old, labels = take_rows(margin, todo), take_rows(t, todo)
+        scores = _log_scores(oracle, proposal, ids[todo])
+        new, hit = margins(scores, labels), xp.argmax(scores, axis=1) != labels
+        better = (new < old) | hit
         x_best = put_rows(x_best, todo, where_rows(better, proposal, best))
         margin = put_rows(margin, todo, xp.where(better, new, old))
+        wrong = put_rows(wrong, todo, hit)
     return x_best

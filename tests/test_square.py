@@ -86,23 +86,36 @@ def test_square_procedure_as_the_oracle_sees_it(seed, eps, n_queries, p_init):
     assert corner.all()                                   # every pixel on a corner of the ball
     up_down = np.sign(images - x)  # vertical stripes: one sign per column (0 where clipped)
     assert not np.any((up_down.max(axis=2) > 0) & (up_down.min(axis=2) < 0))
-    best, margin = images.copy(), margins(scores, t)
+    best, margin, wrong = images.copy(), margins(scores, t), np.argmax(scores, axis=1) != t
     for i, (images, ids, scores) in enumerate(oracle.log[1:]):
-        assert np.all(margin[ids] > 0)  # only images still classified correctly are asked about
+        assert not np.any(wrong[ids])  # only images still classified correctly are asked about
         side = min(max(int(round(np.sqrt(p_schedule(i, n_queries, p_init) * 64))), 1), 8)
         for j, k in enumerate(ids):
             h, w = square_bounding_box(images[j] != best[k])
             assert h <= side and w <= side
             assert np.all(np.isclose(images[j], low[k], atol=1e-6)
                           | np.isclose(images[j], high[k], atol=1e-6))
-        new = margins(scores, t[ids])
-        keep = new < margin[ids]
+        new, hit = margins(scores, t[ids]), np.argmax(scores, axis=1) != t[ids]
+        keep = (new < margin[ids]) | hit
         best[ids[keep]], margin[ids[keep]] = images[keep], new[keep]
+        wrong[ids] = hit
     np.testing.assert_array_equal(out, best)
     assert len(oracle.log) <= n_queries
     assert all(n <= n_queries for n in oracle.per_image.values())
     with eval_mode(model):
-        assert np.all((np.argmax(model.forward(out), axis=1) != t) | (margin > 0))
+        np.testing.assert_array_equal(np.argmax(model.forward(out), axis=1) != t, wrong)
+
+
+def test_a_tie_counts_as_the_evaluation_counts_it():
+    """All logits 0 (every ReLU off, no bias): margin 0 but argmax is class 0, so an image
+    labelled 0 is correct and must be attacked, one labelled 1 is already misclassified."""
+    model = Sequential(Flatten(), Dense(4, 3))
+    model.layers[1].params = {"W": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    oracle = RecordingOracle(model)
+    x = np.full((2, 1, 2, 2), 0.5, np.float32)
+    out = square(oracle, x, np.array([0, 1]), 0.1, n_queries=5)
+    assert len(oracle.log) == 5 and all(list(ids) == [0] for _, ids, _ in oracle.log[1:])
+    assert out.shape == x.shape
 
 
 def test_eps_zero_is_a_no_op():
