@@ -5,8 +5,9 @@
 
 A run is a folder with metrics.csv (train_gan.py's or benchmarks/gan_twin.py's). Runs are
 grouped by their name less its "-seed<S>" part (e.g. ours-nonsaturating-seed0 ->
-ours-nonsaturating); each cell gives the mean over seeds and the min-max, for FID, and the mean
-and min-max of the number of classes with at least 1% of the samples. A run that has not reached
+ours-nonsaturating); each cell gives the mean over seeds and the min-max, for FID, for the number
+of classes with at least 1% of the samples, and, at the last epoch asked for, for the share of
+the samples in the most frequent class (0.10 for a uniform spread; mode collapse raises it). A run that has not reached
 an epoch yet leaves that cell to the others (the seed count says how many).
 """
 import argparse
@@ -42,15 +43,18 @@ def cell(values, fmt):
 
 def table(groups, epochs):
     """Markdown lines: one row per group, FID and coverage at each epoch."""
-    head = ["run", "seeds"] + [f"FID ep {e}" for e in epochs] + [f"classes ep {e}" for e in epochs]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (2 * len(epochs))]
+    last = epochs[-1]
+    head = (["run", "seeds"] + [f"FID ep {e}" for e in epochs] + [f"classes ep {e}" for e in epochs]
+            + [f"largest class ep {last}"])
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (2 * len(epochs) + 1)]
     for group in sorted(groups):
         runs = groups[group]
         at = {e: [rows[e - 1] for rows in runs.values() if len(rows) >= e] for e in epochs}
         fid = [cell([r["fid"] for r in at[e]], ".0f") for e in epochs]
         cov = [cell([r["coverage"] for r in at[e]], ".3g") for e in epochs]
+        top = [cell([max(r[f"class_{c}"] for c in range(10)) for r in at[last]], ".2f")]
         seeds = ",".join(str(s) for s in sorted(runs))
-        lines.append("| " + " | ".join([group, seeds] + fid + cov) + " |")
+        lines.append("| " + " | ".join([group, seeds] + fid + cov + top) + " |")
     return lines
 
 
