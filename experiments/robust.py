@@ -1,5 +1,6 @@
-"""Robust accuracy as AutoAttack measures it: per image, the worst case over FGS, PGD, APGD-CE,
-APGD-T and Square (results.json, robust.csv, robust.png).
+"""Robust accuracy as AutoAttack measures it: per image, the worst case over five attacks.
+
+FGS, PGD, APGD-CE, APGD-T and Square; it writes results.json, robust.csv and robust.png.
 
 The attacks run in that order, each only on the images that every attack before it left
 classified correctly (as AutoAttack runs APGD-CE, APGD-T, FAB-T and Square), so an image counts
