@@ -39,6 +39,7 @@ def load_runs(folder):
         except (ValueError, KeyError, TypeError) as exc:
             raise RunError(f"{run}/settings.json is damaged: {exc}") from None
         variants.setdefault(key, {})[seed] = read_metrics(run)
+        s["done"] = len(variants[key][seed]["epoch"])
         settings.append(s)
     if not variants:
         raise RunError(f"{folder} holds no run folders (settings.json and metrics.csv)")
@@ -155,6 +156,9 @@ def figure(variants, path, measures, title):
             ax.fill_between(epochs, 100 * low, 100 * high, color=f"C{ORDER.index(key[0]) % 10}",
                             alpha=0.15, linewidth=0)
         ax.set(title=name, xlabel="epoch", ylim=(0, 100))
+        if col == "clean_acc":  # clean accuracy lives near the top: zoom in on it
+            ax.set_ylim(max(0.0, np.floor(min(line.get_ydata().min()
+                                              for line in ax.lines)) - 1), 100)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
@@ -176,7 +180,11 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     figure(variants, out / "robust.png", (MEASURES[0],) + ROBUST,
            "Accuracy over epochs over all test images (correct before and after the attack)")
     seeds = sorted({s for v in variants.values() for s in v})
+    short = [f"{label((s['mode'], s['bn']))} seed {s['seed']} ({s['done']} of {s['epochs']})"
+             for s in settings if s["done"] < s.get("epochs", 0)]
     lines = ["# The exercise's results: every variant, several seeds", "",
+             *([f"**In progress**: runs still short of their epochs: {', '.join(short)}.", ""]
+               if short else []),
              f"Made by `python grid.py report` from the runs in `{runs}` (seeds "
              f"{', '.join(map(str, seeds))}). {evaluation(settings)} Mean ± standard deviation over seeds, in %; the first four measures are the "
              "exercise's (over the correctly classified test images), the last three count "
