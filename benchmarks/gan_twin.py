@@ -15,7 +15,9 @@ implementation differs:
              non-saturating = BCE(D(G(z)), 1) = E[-log D(G(z))];
   randomness one numpy Generator(seed) draws the initial weights, each epoch's shuffle and every
              noise batch in the order gan/run.py draws them, so with equal arithmetic the two
-             runs would see the same batches and the same z;
+             runs would see the same batches and the same z (with --d-dropout > 0 the masks
+             come from torch's generator, seeded too, so from there on the streams differ);
+  remedies   --d-dropout, --real-label and --d-lr as train_gan.py's, with its defaults;
   scores     gan/fid.py on 10,000 samples from the same fixed z (Generator([seed, 2])) against
              the 10,000 test images, with the same classifier (runs/classifier/checkpoint.npz,
              made by train_gan.py when missing).
@@ -24,7 +26,6 @@ checkpoint.pt (--resume continues from it). One thread (--threads) unless told o
 tests/test_gan_twin.py checks that a few steps of both agree to float32 rounding.
 """
 import argparse
-import csv
 import json
 import sys
 import time
@@ -44,6 +45,7 @@ from gan.losses import GAN_LOSSES  # noqa: E402
 from gan.models import IMAGE_SIZE, discriminator, generator  # noqa: E402
 from nn import reference_cnn  # noqa: E402
 from nn.checkpoint import load_checkpoint, section  # noqa: E402
+from training.run_folder import write_metrics  # noqa: E402
 
 GEN_BATCH = 500  # images per generator forward when sampling for the score, as gan/report.py
 
@@ -184,15 +186,6 @@ def load_classifier(path):
     return model.eval()
 
 
-def write_metrics(path, history):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows({k: repr(v) for k, v in row.items()} for row in history)
-    tmp.replace(path)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -222,6 +215,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the twin's dropout masks (ours come from the numpy Generator)
     train_x, _ = load_mnist("train", None, args.train_limit)
     test_x, _ = load_mnist("test", None, args.fid_samples)
     classifier = load_classifier(args.classifier)
