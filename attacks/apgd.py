@@ -65,7 +65,7 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None):
     step = per_image(xp.full(x.shape[0], 2.0 * eps, dtype=x.dtype, device=device_of(x)), x)
     reviews, last_review = checkpoints(steps), 0
     with eval_mode(model):
-        r = loss_and_gradients(model, x_adv, t, loss_fn=climb)
+        r = loss_and_gradients(model, x_adv, t, loss_fn=climb, param_grads=False)
         found = xp.argmax(r.logits, axis=1) != t
         first = x_adv
         x_prev, grad, current = x_adv, r.dx, r.loss
@@ -78,7 +78,7 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None):
             z = project(x_adv + step * xp.sign(grad), low, high)
             x_prev, x_adv = x_adv, project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev),
                                            low, high)
-            r = loss_and_gradients(model, x_adv, t, loss_fn=climb)
+            r = loss_and_gradients(model, x_adv, t, loss_fn=climb, param_grads=False)
             first, found = keep_first_hit(first, found, x_adv, xp.argmax(r.logits, axis=1) != t)
             rises = rises + xp.astype(r.loss > current, rises.dtype)
             current, grad = r.loss, r.dx

@@ -39,7 +39,7 @@ def distance_and_gradient(ae, x, target):
     with eval_mode(ae):
         out = ae.forward(x)
         _, dout = mse_loss(out, target)
-        dx, _ = ae.backward(dout)
+        dx, _ = ae.backward(dout, param_grads=False)
     diff = out - target
     return xp.sum(diff * diff, axis=1), dx
 

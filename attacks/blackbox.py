@@ -126,5 +126,5 @@ def jacobian_augmentation(substitute, x, labels, lam=0.1):
         logits = substitute.forward(x)
         classes = xp.arange(logits.shape[1], device=device_of(x))
         onehot = xp.astype(labels[:, None] == classes[None, :], logits.dtype)
-        dx, _ = substitute.backward(onehot)
+        dx, _ = substitute.backward(onehot, param_grads=False)
     return xp.clip(x + lam * xp.sign(dx), 0.0, 1.0)

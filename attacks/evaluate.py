@@ -67,7 +67,7 @@ def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
     with eval_mode(model):
         for s in batch_slices(len(images), batch_size):
             x, t = to_device(images[s], like), to_device(labels[s], like)
-            p = loss_and_gradients(model, x, t)
+            p = loss_and_gradients(model, x, t, param_grads=False)
             correct = xp.argmax(p.logits, axis=1) == t
             totals["clean_loss"] += float(p.loss) * t.shape[0]
             totals["n_correct"] += int(xp.sum(xp.astype(correct, xp.int64)))

@@ -20,16 +20,18 @@ class Pass(NamedTuple):
     grads: dict
 
 
-def loss_and_gradients(model, x, t, input_grad=True, loss_fn=softmax_cross_entropy):
+def loss_and_gradients(model, x, t, input_grad=True, loss_fn=softmax_cross_entropy,
+                       param_grads=True):
     """One forward and one backward pass of the mean cross-entropy (or of `loss_fn`): a `Pass`.
 
     x (N, C, H, W) float, t (N,) integer labels. dx = dL/dx (None if not input_grad),
-    grads = {param name: dL/dparam}. The model runs in whatever mode it is in (training uses
-    this in train mode). loss_fn(logits, t) -> (loss, dlogits), as the losses of nn.losses.
+    grads = {param name: dL/dparam} ({} if not param_grads: what attacks ask for). The model
+    runs in whatever mode it is in (training uses this in train mode).
+    loss_fn(logits, t) -> (loss, dlogits), as the losses of nn.losses.
     """
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, t)
-    dx, grads = model.backward(dlogits, input_grad=input_grad)
+    dx, grads = model.backward(dlogits, input_grad=input_grad, param_grads=param_grads)
     return Pass(loss, logits, dx, grads)
 
 
@@ -60,7 +62,7 @@ def input_gradient(model, x, t):
     statistics are used and never changed, and no parameter is touched.
     """
     with eval_mode(model):
-        return loss_and_gradients(model, x, t).dx
+        return loss_and_gradients(model, x, t, param_grads=False).dx
 
 
 def _clip01(x):

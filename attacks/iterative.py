@@ -82,7 +82,7 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
                 logits, dx = model.forward(x_adv), None
                 model.clear_caches()
             else:
-                r = loss_and_gradients(model, x_adv, labels)
+                r = loss_and_gradients(model, x_adv, labels, param_grads=False)
                 logits, dx = r.logits, r.dx
             if keep_first:
                 hit = (xp.argmax(logits, axis=1) == labels) == (direction < 0)
@@ -156,7 +156,7 @@ def targeted_fgs(model, x, target, alpha):
     """One signed step down the cross-entropy of class target (N,): clip(x - alpha sign(dJ/dx))."""
     xp = xp_of(x)
     with eval_mode(model):
-        dx = loss_and_gradients(model, x, target).dx
+        dx = loss_and_gradients(model, x, target, param_grads=False).dx
     return xp.clip(x - alpha * xp.sign(dx), 0.0, 1.0)
 
 

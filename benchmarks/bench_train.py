@@ -20,10 +20,11 @@ float32, on a fixed random batch of 64 images (uniform in [0, 1]) with random la
   fwd_bwd      one forward and backward, train mode: attacks.gradient.loss_and_gradients;
                PyTorch: the same with x.requires_grad (ours always returns dL/dx).
   eval         attacks.evaluate.evaluate(model, images, labels) (clean + FGS 0.3 + FGV 0.6,
-               batches of attacks.evaluate.EVAL_BATCH, eval mode) on --eval-images random images, reported as seconds per
-               10,000 images; PyTorch: per batch a forward with input grad, backward of the mean
-               cross-entropy (parameter gradients too, as ours computes them), the FGS and FGV
-               images, two more forwards, the same counts and perturbation sizes.
+               batches of attacks.evaluate.EVAL_BATCH, eval mode) on --eval-images random
+               images, reported as seconds per 10,000 images; PyTorch: per batch a forward with
+               input grad, torch.autograd.grad of the mean cross-entropy with respect to the
+               images only (ours skips the parameter gradients too, backward(param_grads=False)),
+               the FGS and FGV images, two more forwards, the same counts and perturbation sizes.
 
 Both networks start from the same weights (ours, copied into PyTorch; the script checks that
 loss, input gradient and a 500-image evaluation agree), and both are reset to them before every

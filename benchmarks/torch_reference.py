@@ -102,9 +102,7 @@ class Torch:
                 x, t = self.images[s].detach().requires_grad_(True), self.labels[s]
                 logits = model(x)
                 loss = F_.cross_entropy(logits, t)
-                model.zero_grad(set_to_none=True)
-                loss.backward()
-                g = x.grad
+                (g,) = torch.autograd.grad(loss, x)  # dL/dx only: no parameter gradient
                 with torch.no_grad():
                     x = x.detach()
                     correct = logits.argmax(1) == t

@@ -61,7 +61,7 @@ def generator_step(G, D, opt_g, z, kind):
     fake = G.forward(z)
     logits = D.forward(fake)
     loss, dlogits = generator_loss(logits, kind)
-    dfake, _ = D.backward(dlogits)
+    dfake, _ = D.backward(dlogits, param_grads=False)
     _, g_grads = G.backward(dfake, input_grad=False)
     opt_g.step(G.params, g_grads)
     xp = xp_of(dfake)

@@ -97,22 +97,24 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     return out, (x.shape, cols, w, stride, padding)
 
 
-def conv2d_backward(dout, cache, input_grad=True):
+def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
 
     With W2 = w as (F, C*KH*KW) and D = dout as (F, OH*OW*N): dw = D @ cols^T, db = the sum of
-    D over its columns, and dx = col2im(W2^T @ D) (None when not input_grad).
+    D over its columns, and dx = col2im(W2^T @ D). dx is None when not input_grad; dw and db
+    are None when not param_grads (an attack needs only dx, and skips a matrix product).
     """
     xp = xp_of(dout)
     x_shape, cols, w, stride, padding = cache
     F, C, KH, KW = w.shape
     d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
-    dw = xp.reshape((cols @ d2.T).T, w.shape)  # (D cols^T) computed as (cols D^T)^T: BLAS is
-                                               # much faster with the long axis inside both
-    db = xp.sum(d2, axis=1)
-    if not input_grad:
-        return None, dw, db
-    dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
+    dw = db = dx = None
+    if param_grads:
+        dw = xp.reshape((cols @ d2.T).T, w.shape)  # (D cols^T) computed as (cols D^T)^T: BLAS
+                                                   # is much faster with the long axis inside
+        db = xp.sum(d2, axis=1)
+    if input_grad:
+        dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
     return dx, dw, db
 
 
@@ -218,30 +220,33 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
     return _from_channel_rows(out, x.shape), cache, (running_mean, running_var)
 
 
-def batch_norm_backward(dout, cache, input_grad=True):
+def batch_norm_backward(dout, cache, input_grad=True, param_grads=True):
     """dout like x -> dx, dgamma (C,), dbeta (C,); sums run over the m values of each channel.
 
     dbeta = sum(dout), dgamma = sum(dout * xhat) with xhat = (x - mean) * inv_std;
     train: dx = gamma * inv_std / m * (m * dout - dbeta - xhat * dgamma);
-    eval (fixed statistics): dx = gamma * inv_std * dout. dx is None when not input_grad.
+    eval (fixed statistics): dx = gamma * inv_std * dout. dx is None when not input_grad,
+    dgamma and dbeta are None when not param_grads.
     """
     xp = xp_of(dout)
     d2 = _channel_rows(dout)
     C, m = d2.shape
     centred, eval_mean, inv_std, gamma, shape = cache  # eval caches x and its fixed mean
     train = eval_mean is None
-    if not train:
-        centred = centred - xp.reshape(eval_mean, (C, 1))
-    dbeta = xp.sum(d2, axis=1)
-    dgamma = xp.vecdot(d2, centred, axis=-1) * inv_std
-    if not input_grad:
-        return None, dgamma, dbeta
-    scale = gamma * inv_std
-    dx = d2 * xp.reshape(scale, (C, 1))
-    if train:  # the batch statistics depend on x too: xhat * dgamma = centred * inv_std * dgamma
-        dx = (dx - xp.reshape(scale * dbeta / m, (C, 1))
-              - centred * xp.reshape(scale * inv_std * dgamma / m, (C, 1)))
-    return _from_channel_rows(dx, shape), dgamma, dbeta
+    dx = dgamma = dbeta = None
+    if train or param_grads:  # train mode's dx needs them too
+        if not train:
+            centred = centred - xp.reshape(eval_mean, (C, 1))
+        dbeta = xp.sum(d2, axis=1)
+        dgamma = xp.vecdot(d2, centred, axis=-1) * inv_std
+    if input_grad:
+        scale = gamma * inv_std
+        dx = d2 * xp.reshape(scale, (C, 1))
+        if train:  # the batch statistics depend on x too: xhat*dgamma = centred*inv_std*dgamma
+            dx = (dx - xp.reshape(scale * dbeta / m, (C, 1))
+                  - centred * xp.reshape(scale * inv_std * dgamma / m, (C, 1)))
+        dx = _from_channel_rows(dx, shape)
+    return (dx, dgamma, dbeta) if param_grads else (dx, None, None)
 
 
 # --- dense and element-wise ------------------------------------------------------------------
@@ -251,13 +256,15 @@ def dense_forward(x, w, b):
     return x @ w + b, (x, w)
 
 
-def dense_backward(dout, cache, input_grad=True):
-    """dout (N, M) -> dx = dout @ w^T (N, D) or None, dw = x^T @ dout (D, M), db = sum_n dout (M,)."""
+def dense_backward(dout, cache, input_grad=True, param_grads=True):
+    """dout (N, M) -> dx = dout @ w^T (N, D), dw = x^T @ dout (D, M), db = sum_n dout (M,);
+    dx None when not input_grad, dw and db None when not param_grads."""
     xp = xp_of(dout)
     x, w = cache
     # dx as (w @ dout^T)^T: the same numbers, laid out batch-innermost like the forward pass's
     # activations (see the convolution note), so the layers below mix no memory orders
-    return ((w @ dout.T).T if input_grad else None), x.T @ dout, xp.sum(dout, axis=0)
+    dx = (w @ dout.T).T if input_grad else None
+    return (dx, x.T @ dout, xp.sum(dout, axis=0)) if param_grads else (dx, None, None)
 
 
 def relu_forward(x):

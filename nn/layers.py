@@ -4,6 +4,7 @@ Protocol of every layer:
     out = layer.forward(x)            remembers what its backward needs
     dx, grads = layer.backward(dout)  grads has the keys of layer.params; uses up the cache
     _, grads = layer.backward(dout, input_grad=False)   skips dx (None): the first layer in training
+    dx, {} = layer.backward(dout, param_grads=False)    skips the parameter gradients: attacks
 The maths lives in `nn/functional.py`. Parameters are initialised on the host from a seeded
 `numpy.random.Generator` in float32; `Sequential.to(xp)` moves them to another array library.
 """
@@ -59,9 +60,9 @@ class Conv2d(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True):
-        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), input_grad)
-        return dx, {"W": dw, "b": db}
+    def backward(self, dout, input_grad=True, param_grads=True):
+        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), input_grad, param_grads)
+        return dx, ({"W": dw, "b": db} if param_grads else {})
 
 
 class MaxPool2d(Layer):
@@ -77,7 +78,7 @@ class MaxPool2d(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, param_grads=True):
         cache = self._take_cache()
         return (F.max_pool2d_backward(dout, cache) if input_grad else None), {}
 
@@ -104,9 +105,9 @@ class _BatchNorm(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True):
-        dx, dgamma, dbeta = F.batch_norm_backward(dout, self._take_cache(), input_grad)
-        return dx, {"gamma": dgamma, "beta": dbeta}
+    def backward(self, dout, input_grad=True, param_grads=True):
+        dx, dgamma, dbeta = F.batch_norm_backward(dout, self._take_cache(), input_grad, param_grads)
+        return dx, ({"gamma": dgamma, "beta": dbeta} if param_grads else {})
 
 
 class BatchNorm1d(_BatchNorm):
@@ -132,9 +133,9 @@ class Dense(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True):
-        dx, dw, db = F.dense_backward(dout, self._take_cache(), input_grad)
-        return dx, {"W": dw, "b": db}
+    def backward(self, dout, input_grad=True, param_grads=True):
+        dx, dw, db = F.dense_backward(dout, self._take_cache(), input_grad, param_grads)
+        return dx, ({"W": dw, "b": db} if param_grads else {})
 
 
 class _Elementwise(Layer):
@@ -146,7 +147,7 @@ class _Elementwise(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, param_grads=True):
         cache = self._take_cache()
         return (type(self)._backward(dout, cache) if input_grad else None), {}
 
@@ -178,7 +179,7 @@ class LeakyReLU(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, param_grads=True):
         cache = self._take_cache()
         return (F.leaky_relu_backward(dout, cache) if input_grad else None), {}
 
@@ -210,7 +211,7 @@ class Dropout(Layer):
         self._remember((cache,))
         return out
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, param_grads=True):
         (mask,) = self._take_cache()
         if not input_grad:
             return None, {}
@@ -224,6 +225,6 @@ class Flatten(Layer):
         self._remember(x.shape)
         return xp_of(x).reshape(x, (x.shape[0], -1))
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, param_grads=True):
         shape = self._take_cache()
         return (xp_of(dout).reshape(dout, shape) if input_grad else None), {}

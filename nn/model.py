@@ -42,17 +42,20 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, param_grads=True):
         """dout = dL/d(output) -> (dx, grads), after one forward.
 
         dx is dL/d(input), shaped like the input of `forward`: the chain rule carried through
         every layer back to the pixels. grads maps each name of `params` to dL/d(param).
         input_grad=False skips the first layer's dx (returned as None): training needs only the
         parameter gradients, and the first convolution's dx costs a matrix product and a col2im.
+        param_grads=False skips every parameter gradient (grads is {}): an attack needs only dx,
+        and each convolution and dense layer saves a matrix product.
         """
         grads = {}
         for i in reversed(range(len(self.layers))):
-            dout, layer_grads = self.layers[i].backward(dout, input_grad=input_grad or i > 0)
+            dout, layer_grads = self.layers[i].backward(dout, input_grad=input_grad or i > 0,
+                                                        param_grads=param_grads)
             for name, g in layer_grads.items():
                 grads[f"{i}.{name}"] = g
         return dout, grads

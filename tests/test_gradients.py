@@ -913,3 +913,22 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients():
                                        (2, 2) if isinstance(layer, Dense) else (2, 4)),
                                input_grad=False)
         assert dx is None, type(layer).__name__
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_backward_without_param_grads_gives_the_same_input_gradient(train):
+    """param_grads=False (attacks) skips every parameter gradient and changes no bit of dx, in
+    train mode (BatchNorm's dx needs its dgamma and dbeta) and in eval mode."""
+    rng = np.random.default_rng(4)
+    model = as_float64(reference_cnn(batch_norm=True, rng=rng))
+    model.train() if train else model.eval()
+    x, dout = rng.random((3, 1, 28, 28)), rng.standard_normal((3, 10))
+    model.forward(x)
+    dx, grads = model.backward(dout)
+    model.forward(x)
+    dx_only, none = model.backward(dout, param_grads=False)
+    assert grads and none == {}
+    np.testing.assert_array_equal(dx_only, dx)
+    conv = model.layers[0]  # the maths skips them too, not only the layer's dict
+    out, cache = F.conv2d_forward(x, conv.params["W"], conv.params["b"], conv.stride, conv.padding)
+    assert F.conv2d_backward(np.ones_like(out), cache, param_grads=False)[1:] == (None, None)
