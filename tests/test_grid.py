@@ -123,6 +123,14 @@ def test_grid_runs_skips_and_resumes_real_runs(tmp_path, capsys):
     assert len(csv_rows(tmp_path / "standard-seed0-t96-e40")) == 2
     code, out, err = run_grid(capsys, *argv)
     assert code == 0 and out.count("already has 2 epochs: skipped") == 2
+    # a committed run (metrics.csv, no checkpoint) cannot resume: it starts again from epoch 1
+    (tmp_path / "standard-seed1-t96-e40" / "checkpoint.npz").unlink()
+    argv[argv.index("--epochs") + 1] = 3
+    code, out, err = run_grid(capsys, *argv)
+    assert code == 0, err
+    assert ("[standard-seed1-t96-e40] run 2 of 2: starting again (its 2 epochs have no "
+            "checkpoint), 3 epochs") in out
+    assert [row["epoch"] for row in csv_rows(tmp_path / "standard-seed1-t96-e40")] == ["1", "2", "3"]
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Each run is a train.py child process with one BLAS thread, writing its own run folder
 <runs>/<mode>[-bn]-seed<seed> and appending its output to train.log there. A run whose
-metrics.csv already has the requested epochs is skipped; one with a checkpoint is resumed. The
+metrics.csv already has the requested epochs is skipped; one with a checkpoint is resumed (one
+with epochs but no checkpoint, as committed in results/, starts again from epoch 1). The
 epoch lines of every child are echoed with the run's name in front, so a log shows every run's
 progress; Ctrl-C stops the children (each keeps its last completed epoch) and the same command
 continues later.
@@ -79,10 +80,11 @@ def execute(grid, jobs, log=print, poll=2.0):
                 r = todo.pop(0)
                 started += 1
                 r.out.mkdir(parents=True, exist_ok=True)
-                done = r.done_epochs()
-                log(f"[{r.name}] run {started} of {started + len(todo)}: "
-                    + (f"resuming after epoch {done}" if done else "starting")
-                    + f", {r.epochs} epochs")
+                done, resumable = r.done_epochs(), (r.out / "checkpoint.npz").exists()
+                how = (f"resuming after epoch {done}" if resumable else
+                       f"starting again (its {done} epochs have no checkpoint)" if done else
+                       "starting")
+                log(f"[{r.name}] run {started} of {started + len(todo)}: {how}, {r.epochs} epochs")
                 logfile = open(r.out / "train.log", "a")
                 proc = subprocess.Popen(r.command(), stdout=logfile, stderr=subprocess.STDOUT,
                                         env={**os.environ, **THREADS, "PYTHONUNBUFFERED": "1"})
