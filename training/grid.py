@@ -43,8 +43,12 @@ class Run:
         except OSError:
             return 0
 
+    def resumable(self):
+        """Whether its folder holds a checkpoint (committed runs in results/ have none)."""
+        return (self.out / "checkpoint.npz").exists()
+
     def command(self):
-        resume = ["--resume"] if (self.out / "checkpoint.npz").exists() else []
+        resume = ["--resume"] if self.resumable() else []
         return [sys.executable, str(TRAIN), *self.flags, *resume]
 
 
@@ -80,8 +84,8 @@ def execute(grid, jobs, log=print, poll=2.0):
                 r = todo.pop(0)
                 started += 1
                 r.out.mkdir(parents=True, exist_ok=True)
-                done, resumable = r.done_epochs(), (r.out / "checkpoint.npz").exists()
-                how = (f"resuming after epoch {done}" if resumable else
+                done = r.done_epochs()
+                how = (f"resuming after epoch {done}" if r.resumable() else
                        f"starting again (its {done} epochs have no checkpoint)" if done else
                        "starting")
                 log(f"[{r.name}] run {started} of {started + len(todo)}: {how}, {r.epochs} epochs")
