@@ -2,7 +2,8 @@
 
     python grid.py run                  # 6 variants x seeds 0 1 2 x 50 epochs, + PGD training
     python grid.py run --seeds 0 --jobs 2 -- --train-limit 6000   # flags after -- go to train.py
-    python grid.py report               # results/grid -> results/README.md and figures
+    python grid.py report --readme README.md   # results/grid -> results/README.md, figures,
+                                               # and the last-epoch rows in README.md
 
 `run` trains every (mode, BatchNorm, seed) of the grid as its own train.py process with one BLAS
 thread, --jobs at a time, into <runs>/<mode>[-bn]-seed<seed>; finished runs are skipped and
@@ -19,7 +20,7 @@ from pathlib import Path
 from training.cli import (HelpFormatter, RunError, TrainingError, int_at_least, positive_int,
                           run_cli)
 from training.grid import execute, plan
-from training.report import write_report
+from training.report import BLOCK, update_readme, write_report
 
 PROG = "grid.py"
 
@@ -56,6 +57,9 @@ def parse_args(argv=None):
                      help="folder for README.md, accuracy.png and robust.png")
     rep.add_argument("--epochs", type=positive_int, nargs="+", default=[1, 5, 10, 25, 50],
                      help="epochs of the table (the last epoch is always added)")
+    rep.add_argument("--readme", type=Path,
+                     help="also write the accuracy figure and every variant's last-epoch row "
+                          f"into this file, between its lines {BLOCK[0]} and {BLOCK[1]}")
     args = p.parse_args(argv)
     if args.command == "report" and extra:
         p.error("report takes no train.py flags")
@@ -66,6 +70,9 @@ def parse_args(argv=None):
 def run(args):
     if args.command == "report":
         print(f"wrote {write_report(args.runs, args.out, args.epochs)}")
+        if args.readme:
+            update_readme(args.readme, args.runs, args.out)
+            print(f"wrote the last-epoch rows into {args.readme}")
         return 0
     bn = {"both": [False, True], "no": [False], "yes": [True]}[args.bn]
     extra = args.extra + (["--pgd-images", str(args.pgd_images)] if args.pgd_images else [])

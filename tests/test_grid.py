@@ -11,6 +11,7 @@ import pytest
 
 import grid
 from training.grid import plan
+from training.report import BLOCK, readme_block
 
 FIXTURE = Path(__file__).parent / "fixtures" / "grid"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,6 +75,42 @@ def test_report_of_a_folder_without_runs_is_one_sentence(tmp_path, capsys):
     assert code == 1
     assert err.strip() == f"grid.py: error: {tmp_path} holds no run folders (settings.json and " \
                           "metrics.csv)"
+
+
+def test_report_writes_the_last_epoch_rows_into_the_readme_block(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\nbefore\n\n{BLOCK[0]}\nstale\n{BLOCK[1]}\n\nafter\n")
+    for _ in range(2):  # a second report rewrites the block, it does not add another
+        code, out, err = run_grid(capsys, "report", "--runs", FIXTURE, "--out",
+                                  tmp_path / "results", "--readme", readme)
+        assert code == 0, err
+    text = readme.read_text()
+    assert text.startswith(f"# Project\n\nbefore\n\n{BLOCK[0]}\n")
+    assert text.endswith(f"{BLOCK[1]}\n\nafter\n") and "stale" not in text
+    assert "](results/accuracy.png)" in text and "](results/README.md)" in text
+    rows, report = table_rows(text), table_rows((tmp_path / "results" / "README.md").read_text())
+    assert sorted(rows) == [("adversarial", 3), ("adversarial, BN", 3), ("pgd", 2),
+                            ("pgd, BN", 2), ("standard", 3), ("standard, BN", 3)]
+    assert all(rows[k] == report[k] for k in rows)
+
+
+def test_a_readme_without_the_block_is_refused(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BLOCK[1]}\n{BLOCK[0]}\n")
+    code, out, err = run_grid(capsys, "report", "--runs", FIXTURE, "--out", tmp_path,
+                              "--readme", readme)
+    assert code == 1
+    assert err.strip() == f"grid.py: error: {readme} has no block to write: it needs the line " \
+                          f"{BLOCK[0]} and, below it, {BLOCK[1]}"
+
+
+def test_the_readme_shows_the_committed_grid_results():
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    block = text[text.index(BLOCK[0]) + len(BLOCK[0]):text.index(BLOCK[1])]
+    expected = readme_block(root / "results" / "grid", root / "results", root)
+    assert block.strip("\n").splitlines() == expected, \
+        "README.md is behind results/grid: run python grid.py report --readme README.md"
 
 
 def test_plan_puts_the_first_seed_and_the_reference_first(tmp_path):

@@ -5,6 +5,7 @@ Runs are grouped into variants by the (mode, bn) of their settings.json; a varia
 epoch is the mean over the seeds that reached it. No training happens here.
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ Published reference points (other networks, so only the direction compares):
   training (10.6% accuracy), 17.9% after adversarial training (82.1%), 86.2% after training on
   +-eps noise (13.8%).
 - Madry et al. 2018, MNIST, PGD training at eps 0.3: 89-93% accuracy under PGD."""
+BLOCK = ("<!-- grid.py report --readme writes from here -->",
+         "<!-- grid.py report --readme writes up to here -->")
 
 
 def load_runs(folder):
@@ -197,3 +200,33 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def readme_block(runs, out, base):
+    """The lines between the BLOCK markers of a README in folder `base`: the accuracy figure of
+    the report in `out` and every variant's row at its last epoch, from the runs in `runs`."""
+    variants, _ = load_runs(runs)
+    seeds = sorted({s for v in variants.values() for s in v})
+    figure_path, report = (Path(os.path.relpath(Path(out) / name, base)).as_posix()
+                           for name in ("accuracy.png", "README.md"))
+    return [f"![accuracy of every variant over the epochs, mean over seeds]({figure_path})", "",
+            f"Every variant at its last epoch (mean ± standard deviation over seeds "
+            f"{', '.join(map(str, seeds))}, in %; made by `python grid.py report`, whose "
+            f"[report]({report}) has the other epochs and the findings):", "",
+            *table(variants, ())]
+
+
+def update_readme(readme, runs, out):
+    """Rewrite the lines between the two BLOCK markers of `readme` with readme_block."""
+    readme = Path(readme)
+    try:
+        text = readme.read_text()
+    except OSError as exc:
+        raise RunError(f"cannot read {readme}: {exc.strerror}") from None
+    start, end = text.find(BLOCK[0]), text.find(BLOCK[1])
+    if start < 0 or end < start:
+        raise RunError(f"{readme} has no block to write: it needs the line {BLOCK[0]} and, "
+                       f"below it, {BLOCK[1]}")
+    block = readme_block(runs, out, readme.parent)
+    readme.write_text(text[:start + len(BLOCK[0])] + "\n" + "\n".join(block) + "\n"
+                      + text[end:])
