@@ -4,6 +4,7 @@ by `grid.py run --modes standard adversarial --seeds 0 1 --epochs 3 --pgd-images
 --reference-epochs 2 -- --train-limit 300 --test-limit 100`), checked against its CSVs."""
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,23 @@ def test_report_of_a_folder_without_runs_is_one_sentence(tmp_path, capsys):
     assert code == 1
     assert err.strip() == f"grid.py: error: {tmp_path} holds no run folders (settings.json and " \
                           "metrics.csv)"
+
+
+def test_report_names_the_unfinished_runs_and_whether_they_resume(tmp_path, capsys):
+    for name, epochs, checkpoint in (("standard-seed0-t300-e100", 50, True),
+                                     ("standard-seed1-t300-e100", 50, False),
+                                     ("pgd-seed0-t300-e100", 2, True)):
+        run = tmp_path / "runs" / name
+        shutil.copytree(FIXTURE / name, run)
+        settings = json.loads((run / "settings.json").read_text())
+        (run / "settings.json").write_text(json.dumps({**settings, "epochs": epochs}))
+        if checkpoint:
+            (run / "checkpoint.npz").write_bytes(b"")
+    code, out, err = run_grid(capsys, "report", "--runs", tmp_path / "runs", "--out", tmp_path)
+    assert code == 0, err
+    assert ("**In progress**: runs still short of their epochs: standard seed 0 (3 of 50, "
+            "resumes from its checkpoint), standard seed 1 (3 of 50, starts again).\n"
+            in (tmp_path / "README.md").read_text())
 
 
 def test_report_writes_the_last_epoch_rows_into_the_readme_block(tmp_path, capsys):

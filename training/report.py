@@ -43,6 +43,7 @@ def load_runs(folder):
             raise RunError(f"{run}/settings.json is damaged: {exc}") from None
         variants.setdefault(key, {})[seed] = read_metrics(run)
         s["done"] = len(variants[key][seed]["epoch"])
+        s["resumable"] = (run / "checkpoint.npz").is_file()
         settings.append(s)
     if not variants:
         raise RunError(f"{folder} holds no run folders (settings.json and metrics.csv)")
@@ -183,7 +184,8 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     figure(variants, out / "robust.png", (MEASURES[0],) + ROBUST,
            "Accuracy over epochs over all test images (correct before and after the attack)")
     seeds = sorted({s for v in variants.values() for s in v})
-    short = [f"{label((s['mode'], s['bn']))} seed {s['seed']} ({s['done']} of {s['epochs']})"
+    short = [f"{label((s['mode'], s['bn']))} seed {s['seed']} ({s['done']} of {s['epochs']}"
+             f"{', resumes from its checkpoint' if s['resumable'] else ', starts again'})"
              for s in settings if s["done"] < s.get("epochs", 0)]
     lines = ["# The exercise's results: every variant, several seeds", "",
              *([f"**In progress**: runs still short of their epochs: {', '.join(short)}.", ""]
