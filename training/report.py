@@ -190,8 +190,9 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     lines = ["# The exercise's results: every variant, several seeds", "",
              *([f"**In progress**: runs still short of their epochs: {', '.join(short)}.", ""]
                if short else []),
-             f"Made by `python grid.py report` from the runs in `{runs}` (seeds "
-             f"{', '.join(map(str, seeds))}). {evaluation(settings)} Mean ± standard deviation over seeds, in %; the first four measures are the "
+             f"Made by `python grid.py report` from the runs in `{runs}` ({seed_list(seeds)}). "
+             f"{evaluation(settings)} Mean ± standard deviation over seeds, in %; the first "
+             "four measures are the "
              "exercise's (over the correctly classified test images), the last three count "
              "an image only if it is correct before and after the attack. The band in the "
              "figures spans the lowest to the highest seed.", "",
@@ -204,6 +205,10 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     return path
 
 
+def seed_list(seeds):
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 def readme_block(runs, out, base):
     """The lines between the BLOCK markers of a README in folder `base`: the accuracy figure of
     the report in `out` and every variant's row at its last epoch, from the runs in `runs`."""
@@ -212,8 +217,8 @@ def readme_block(runs, out, base):
     figure_path, report = (Path(os.path.relpath(Path(out) / name, base)).as_posix()
                            for name in ("accuracy.png", "README.md"))
     return [f"![accuracy of every variant over the epochs, mean over seeds]({figure_path})", "",
-            f"Every variant at its last epoch (mean ± standard deviation over seeds "
-            f"{', '.join(map(str, seeds))}, in %; made by `python grid.py report`, whose "
+            f"Every variant at its last epoch ({seed_list(seeds)}: mean ± standard deviation "
+            f"where several reached it, in %; made by `python grid.py report`, whose "
             f"[report]({report}) has the other epochs and the findings):", "",
             *table(variants, ())]
 
