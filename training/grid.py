@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .cli import TrainingError
 from .exercise import default_name, parse_args
+from .run_folder import has_checkpoint
 
 TRAIN = Path(__file__).resolve().parent.parent / "train.py"
 THREADS = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -43,12 +44,8 @@ class Run:
         except OSError:
             return 0
 
-    def resumable(self):
-        """Whether its folder holds a checkpoint (committed runs in results/ have none)."""
-        return (self.out / "checkpoint.npz").exists()
-
     def command(self):
-        resume = ["--resume"] if self.resumable() else []
+        resume = ["--resume"] if has_checkpoint(self.out) else []
         return [sys.executable, str(TRAIN), *self.flags, *resume]
 
 
@@ -85,7 +82,7 @@ def execute(grid, jobs, log=print, poll=2.0):
                 started += 1
                 r.out.mkdir(parents=True, exist_ok=True)
                 done = r.done_epochs()
-                how = (f"resuming after epoch {done}" if r.resumable() else
+                how = (f"resuming after epoch {done}" if has_checkpoint(r.out) else
                        f"starting again (its {done} epochs have no checkpoint)" if done else
                        "starting")
                 log(f"[{r.name}] run {started} of {started + len(todo)}: {how}, {r.epochs} epochs")

@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .cli import RunError
 from .plots import plt, read_metrics
+from .run_folder import has_checkpoint
 
 MEASURES = (("clean_acc", "clean"), ("fgs_acc", "FGS"), ("fgv_acc", "FGV"), ("pgd_acc", "PGD"))
 ROBUST = (("fgs_robust_acc", "FGS"), ("fgv_robust_acc", "FGV"), ("pgd_robust_acc", "PGD"))
@@ -43,7 +44,7 @@ def load_runs(folder):
             raise RunError(f"{run}/settings.json is damaged: {exc}") from None
         variants.setdefault(key, {})[seed] = read_metrics(run)
         s["done"] = len(variants[key][seed]["epoch"])
-        s["resumable"] = (run / "checkpoint.npz").is_file()
+        s["resumable"] = has_checkpoint(run)
         settings.append(s)
     if not variants:
         raise RunError(f"{folder} holds no run folders (settings.json and metrics.csv)")
@@ -183,17 +184,16 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
            "Accuracy over epochs (attacks: over the correctly classified test images)")
     figure(variants, out / "robust.png", (MEASURES[0],) + ROBUST,
            "Accuracy over epochs over all test images (correct before and after the attack)")
-    seeds = sorted({s for v in variants.values() for s in v})
     short = [f"{label((s['mode'], s['bn']))} seed {s['seed']} ({s['done']} of {s['epochs']}"
              f"{', resumes from its checkpoint' if s['resumable'] else ', starts again'})"
              for s in settings if s["done"] < s.get("epochs", 0)]
     lines = ["# The exercise's results: every variant, several seeds", "",
              *([f"**In progress**: runs still short of their epochs: {', '.join(short)}.", ""]
                if short else []),
-             f"Made by `python grid.py report` from the runs in `{runs}` ({seed_list(seeds)}). "
-             f"{evaluation(settings)} Mean ± standard deviation over seeds, in %; the first "
-             "four measures are the "
-             "exercise's (over the correctly classified test images), the last three count "
+             f"Made by `python grid.py report` from the runs in `{runs}` "
+             f"({seed_list(variants)}). {evaluation(settings)} Mean ± standard deviation over "
+             "seeds, in %; the first four measures are the exercise's (over the correctly "
+             "classified test images), the last three count "
              "an image only if it is correct before and after the attack. The band in the "
              "figures spans the lowest to the highest seed.", "",
              "![accuracy over epochs](accuracy.png)", "",
@@ -205,7 +205,9 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     return path
 
 
-def seed_list(seeds):
+def seed_list(variants):
+    """'seed 0' or 'seeds 0, 1, 2': the seeds of any variant."""
+    seeds = sorted({s for v in variants.values() for s in v})
     return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
 
@@ -213,11 +215,10 @@ def readme_block(runs, out, base):
     """The lines between the BLOCK markers of a README in folder `base`: the accuracy figure of
     the report in `out` and every variant's row at its last epoch, from the runs in `runs`."""
     variants, _ = load_runs(runs)
-    seeds = sorted({s for v in variants.values() for s in v})
     figure_path, report = (Path(os.path.relpath(Path(out) / name, base)).as_posix()
                            for name in ("accuracy.png", "README.md"))
     return [f"![accuracy of every variant over the epochs, mean over seeds]({figure_path})", "",
-            f"Every variant at its last epoch ({seed_list(seeds)}: mean ± standard deviation "
+            f"Every variant at its last epoch ({seed_list(variants)}: mean ± standard deviation "
             f"where several reached it, in %; made by `python grid.py report`, whose "
             f"[report]({report}) has the other epochs and the findings):", "",
             *table(variants, ())]

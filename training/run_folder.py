@@ -23,9 +23,14 @@ def make_folder(path, what="run folder"):
     return Path(path)
 
 
+def has_checkpoint(folder):
+    """Whether run folder `folder` holds a checkpoint to resume from."""
+    return (Path(folder) / "checkpoint.npz").exists()
+
+
 def refuse_to_overwrite(args):
     """TrainingError if args.out already holds a checkpoint and --resume was not given."""
-    if not args.resume and (args.out / "checkpoint.npz").exists():
+    if not args.resume and has_checkpoint(args.out):
         raise TrainingError(f"{args.out} already holds a run: add --resume to continue it, "
                             "or choose another folder with --out")
 
