@@ -95,6 +95,18 @@ def test_report_names_the_unfinished_runs_and_whether_they_resume(tmp_path, caps
             in (tmp_path / "README.md").read_text())
 
 
+def test_findings_say_when_a_mean_curve_runs_on_fewer_seeds(tmp_path, capsys):
+    for seed in (0, 1):
+        shutil.copytree(FIXTURE / f"standard-seed{seed}-t300-e100",
+                        tmp_path / "runs" / f"standard-seed{seed}-t300-e100")
+    metrics = tmp_path / "runs" / "standard-seed1-t300-e100" / "metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:3]))  # 2 epochs
+    code, out, err = run_grid(capsys, "report", "--runs", tmp_path / "runs", "--out", tmp_path)
+    assert code == 0, err
+    assert ("**standard** (2 seeds, 3 epochs; after epoch 2 the mean is over fewer seeds): "
+            in (tmp_path / "README.md").read_text())
+
+
 def test_report_writes_the_last_epoch_rows_into_the_readme_block(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Project\n\nbefore\n\n{BLOCK[0]}\nstale\n{BLOCK[1]}\n\nafter\n")

@@ -124,9 +124,11 @@ def table(variants, wanted):
 def findings(key, seeds):
     """Sentences on the best epochs and on FGS and PGD accuracy parting ways (mean curves)."""
     epochs, clean = mean_curve(seeds, "clean_acc")
+    shortest = min(len(c["epoch"]) for c in seeds.values())
+    fewer = f"; after epoch {shortest} the mean is over fewer seeds" * (shortest < len(epochs))
     text = [f"**{label(key)}** ({len(seeds)} seed{'s' * (len(seeds) > 1)}, "
-            f"{len(epochs)} epochs): best clean accuracy {100 * np.nanmax(clean):.2f}% at epoch "
-            f"{int(epochs[np.nanargmax(clean)])}"]
+            f"{len(epochs)} epochs{fewer}): best clean accuracy {100 * np.nanmax(clean):.2f}% "
+            f"at epoch {int(epochs[np.nanargmax(clean)])}"]
     if not all("pgd_acc" in c for c in seeds.values()):
         return text[0] + "; no PGD column."
     _, fgs = mean_curve(seeds, "fgs_acc")
