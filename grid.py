@@ -79,11 +79,12 @@ def run(args):
     reference = [("pgd", b, 0, args.reference_epochs) for b in (False, True)
                  if args.reference_epochs and "pgd" not in args.modes]
     grid = plan(args.modes, bn, args.seeds, args.epochs, extra, args.runs, reference)
-    print(f"grid of {len(grid)} runs in {args.runs}/, {args.jobs} at a time", flush=True)
+    runs = f"{len(grid)} run{'s' * (len(grid) > 1)}"
+    print(f"grid of {runs} in {args.runs}/, {args.jobs} at a time", flush=True)
     failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
     if failed:
         raise TrainingError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
-    print(f"all {len(grid)} runs complete; python grid.py report --runs {args.runs}")
+    print(f"{runs} complete; python grid.py report --runs {args.runs}")
     return 0
 
 

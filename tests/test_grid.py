@@ -180,7 +180,8 @@ def test_grid_runs_skips_and_resumes_real_runs(tmp_path, capsys):
             "--pgd-images", 10, "--reference-epochs", 0, "--jobs", 2, "--runs", tmp_path, *TINY]
     code, out, err = run_grid(capsys, *argv)
     assert code == 0, err
-    assert "[standard-seed0-t96-e40] epoch 1/1" in out and "all 2 runs complete" in out
+    assert out.startswith(f"grid of 2 runs in {tmp_path}/, 2 at a time\n")
+    assert "[standard-seed0-t96-e40] epoch 1/1" in out and "\n2 runs complete" in out
     settings = json.loads((tmp_path / "standard-seed1-t96-e40" / "settings.json").read_text())
     assert settings["seed"] == 1 and settings["pgd_images"] == 10
     argv[argv.index("--epochs") + 1] = 2
@@ -206,7 +207,9 @@ def test_a_failed_run_is_named_and_the_others_go_on(tmp_path, capsys):
     runs, and the grid exits 1 naming it."""
     base = ["run", "--modes", "standard", "--bn", "no", "--epochs", 1, "--pgd-images", 0,
             "--reference-epochs", 0, "--jobs", 1, "--runs", tmp_path]
-    assert run_grid(capsys, *base, "--seeds", 0, *TINY, "--lr", "0.05")[0] == 0
+    code, out, err = run_grid(capsys, *base, "--seeds", 0, *TINY, "--lr", "0.05")
+    assert code == 0 and out.startswith(f"grid of 1 run in {tmp_path}/, 1 at a time\n")
+    assert "\n1 run complete" in out
     code, out, err = run_grid(capsys, *base, "--seeds", 0, 1, "--epochs", 2, *TINY)
     assert code == 1
     assert "[standard-seed0-t96-e40] failed (exit 1)" in out
