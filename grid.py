@@ -7,13 +7,14 @@
 
 `run` trains every (mode, BatchNorm, seed) of the grid as its own train.py process with one BLAS
 thread, --jobs at a time, into <runs>/<mode>[-bn]-seed<seed>; finished runs are skipped and
-interrupted ones resumed, so the same command continues after Ctrl-C. The default grid is the
-exercise's (standard, noise, adversarial; with and without BatchNorm; seeds 0, 1, 2; 50 epochs;
-PGD accuracy of the first 1,000 test images every epoch), plus PGD training with and without
-BatchNorm (seed 0, 20 epochs) as the reference of real robustness.
+interrupted ones resumed, so the same command continues after Ctrl-C or `kill`. The default grid
+is the exercise's (standard, noise, adversarial; with and without BatchNorm; seeds 0, 1, 2; 50
+epochs; PGD accuracy of the first 1,000 test images every epoch), plus PGD training with and
+without BatchNorm (seed 0, 20 epochs) as the reference of real robustness.
 `report` reads a folder of runs (no training) and writes README.md, accuracy.png and robust.png.
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -81,9 +82,14 @@ def run(args):
     grid = plan(args.modes, bn, args.seeds, args.epochs, extra, args.runs, reference)
     runs = f"{len(grid)} run{'s' * (len(grid) > 1)}"
     print(f"grid of {runs} in {args.runs}/, {args.jobs} at a time", flush=True)
-    failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
+    # `kill` (SIGTERM) stops a background grid as Ctrl-C does: its children too, not only itself
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if failed:
-        raise TrainingError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+        raise TrainingError(f"{len(failed)} run(s) did not finish: {', '.join(failed)}")
     print(f"{runs} complete; python grid.py report --runs {args.runs}")
     return 0
 

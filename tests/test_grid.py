@@ -4,14 +4,19 @@ by `grid.py run --modes standard adversarial --seeds 0 1 --epochs 3 --pgd-images
 --reference-epochs 2 -- --train-limit 300 --test-limit 100`), checked against its CSVs."""
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import grid
-from training.grid import plan
+from nn.checkpoint import load_checkpoint
+from training.grid import execute, plan
 from training.report import BLOCK, readme_block
 
 FIXTURE = Path(__file__).parent / "fixtures" / "grid"
@@ -214,7 +219,62 @@ def test_a_failed_run_is_named_and_the_others_go_on(tmp_path, capsys):
     assert code == 1
     assert "[standard-seed0-t96-e40] failed (exit 1)" in out
     assert "[standard-seed1-t96-e40] finished: 2 epochs" in out
-    assert err.strip() == "grid.py: error: 1 run(s) failed: standard-seed0-t96-e40"
+    assert err.strip() == "grid.py: error: 1 run(s) did not finish: standard-seed0-t96-e40"
+
+
+class SelfStopping:
+    """A stand-in grid run whose child stops itself with SIGTERM, as `kill` would."""
+    name, epochs = "stopped", 3
+
+    def __init__(self, out):
+        self.out = out
+
+    def done_epochs(self):
+        return 1
+
+    def command(self):
+        return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+
+
+def test_a_run_stopped_by_a_signal_is_named_as_resumable_not_failed(tmp_path):
+    lines = []
+    assert execute([SelfStopping(tmp_path / "stopped")], 1, log=lines.append, poll=0.05) == \
+        ["stopped"]
+    assert lines[-1] == "[stopped] stopped by SIGTERM after epoch 1: the same command resumes it"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc (Linux)")
+def test_kill_stops_a_background_grid_and_its_runs(tmp_path):
+    """SIGTERM to grid.py (how a background grid is stopped) stops its train.py children too:
+    none is left training, and the run folder keeps whole epochs to resume from."""
+    argv = ["run", "--modes", "standard", "--bn", "no", "--seeds", "0", "--epochs", "50",
+            "--pgd-images", "0", "--reference-epochs", "0", "--runs", str(tmp_path), *TINY]
+    proc = subprocess.Popen([sys.executable, "grid.py", *argv], cwd=Path(grid.__file__).parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if " 2/50 " in line:  # train.py's "epoch  2/50 ..."
+            break
+    else:
+        pytest.fail("the grid ended before its second epoch")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: every run keeps" in err
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit()
+            and str(tmp_path).encode() in _cmdline(pid)]
+    for pid in left:
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left, "a train.py child outlived its grid"
+    run = tmp_path / "standard-seed0-t96-e40"
+    epochs = load_checkpoint(run / "checkpoint.npz")[1]["epoch"]
+    assert 2 <= epochs < 50 and len(csv_rows(run)) == epochs
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
 
 
 def csv_rows(run):

@@ -5,11 +5,12 @@ Each run is a train.py child process with one BLAS thread, writing its own run f
 metrics.csv already has the requested epochs is skipped; one with a checkpoint is resumed (one
 with epochs but no checkpoint, as committed in results/, starts again from epoch 1). The
 epoch lines of every child are echoed with the run's name in front, so a log shows every run's
-progress; Ctrl-C stops the children (each keeps its last completed epoch) and the same command
-continues later.
+progress; Ctrl-C (or SIGTERM) stops the children (each keeps its last completed epoch) and the
+same command continues later.
 """
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -69,7 +70,8 @@ def plan(modes, bn, seeds, epochs, extra, runs, reference=()):
 
 
 def execute(grid, jobs, log=print, poll=2.0):
-    """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that failed."""
+    """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that did not finish
+    (failed, or stopped by a signal)."""
     todo = [r for r in grid if r.done_epochs() < r.epochs]
     for r in grid:
         if r not in todo:
@@ -98,7 +100,11 @@ def execute(grid, jobs, log=print, poll=2.0):
                     logfile.close()
                     del running[name]
                     _echo_epochs(r, pos, log)
-                    if proc.returncode != 0:
+                    if proc.returncode < 0:  # killed by a signal: its checkpoint is intact
+                        failed.append(name)
+                        log(f"[{name}] stopped by {signal.Signals(-proc.returncode).name} after "
+                            f"epoch {r.done_epochs()}: the same command resumes it")
+                    elif proc.returncode != 0:
                         failed.append(name)
                         log(f"[{name}] failed (exit {proc.returncode}): see {r.out / 'train.log'}")
                     else:
