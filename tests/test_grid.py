@@ -17,7 +17,7 @@ import pytest
 import grid
 from nn.checkpoint import load_checkpoint
 from training.grid import execute, plan
-from training.report import BLOCK, readme_block
+from training.report import BLOCK, findings, readme_block
 
 FIXTURE = Path(__file__).parent / "fixtures" / "grid"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -110,6 +110,21 @@ def test_findings_say_when_a_mean_curve_runs_on_fewer_seeds(tmp_path, capsys):
     assert code == 0, err
     assert ("**standard** (2 seeds, 3 epochs; after epoch 2 the mean is over fewer seeds): "
             in (tmp_path / "README.md").read_text())
+
+
+def test_catastrophic_overfitting_is_counted_seed_by_seed():
+    """Two seeds whose PGD accuracy collapses while FGS accuracy holds, and one that keeps it:
+    the mean collapses too, and the finding says in how many seeds."""
+    fgs = np.array([0.90, 0.95, 0.96, 0.97])
+    curves = [[0.2, 0.4, 0.1, 0.0], [0.2, 0.3, 0.1, 0.0], [0.2, 0.3, 0.4, 0.45]]
+    seeds = {s: {"epoch": np.arange(1, 5), "clean_acc": np.full(4, 0.99), "fgs_acc": fgs,
+                 "pgd_acc": np.array(pgd)} for s, pgd in enumerate(curves)}
+    assert findings(("adversarial", True), seeds).endswith(
+        "while FGS accuracy holds: catastrophic overfitting in 2 of 3 seeds.")
+    seeds[0]["pgd_acc"] = seeds[2]["pgd_acc"]  # one seed left: the mean no longer falls
+    assert findings(("adversarial", True), seeds).endswith(
+        "; catastrophic overfitting in 1 of 3 seeds (not in their mean).")
+    assert "overfitting" not in findings(("adversarial", True), {2: seeds[2]})
 
 
 def test_report_writes_the_last_epoch_rows_into_the_readme_block(tmp_path, capsys):

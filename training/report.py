@@ -141,10 +141,22 @@ def findings(key, seeds):
         text.append(f"FGS and PGD part ways from epoch {apart[0] + 1} on (FGS {100 * fgs[-1]:.1f}%"
                     f" against PGD {100 * pgd[-1]:.1f}% at the last epoch): gradient masking, "
                     "robustness that only the one-step attack sees")
-    if pgd[best] - pgd[-1] >= DROP and fgs[-1] >= fgs[best] - 0.02:
+    k, n = sum(overfits(np.asarray(c["fgs_acc"]), np.asarray(c["pgd_acc"]))
+               for c in seeds.values()), len(seeds)
+    of = f" in {k} of {n} seeds" * (n > 1)
+    if overfits(fgs, pgd):
         text.append(f"PGD accuracy falls from {100 * pgd[best]:.1f}% (epoch {best + 1}) to "
-                    f"{100 * pgd[-1]:.1f}% while FGS accuracy holds: catastrophic overfitting")
+                    f"{100 * pgd[-1]:.1f}% while FGS accuracy holds: catastrophic overfitting{of}")
+    elif k:
+        text.append(f"catastrophic overfitting{of} (not in their mean)")
     return "; ".join(text) + "."
+
+
+def overfits(fgs, pgd):
+    """Catastrophic overfitting of one curve (E,): PGD accuracy ends DROP or more below its
+    best while FGS accuracy holds."""
+    best = int(np.nanargmax(pgd))
+    return bool(pgd[best] - pgd[-1] >= DROP and fgs[-1] >= fgs[best] - 0.02)
 
 
 def figure(variants, path, measures, title):
