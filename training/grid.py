@@ -100,15 +100,15 @@ def execute(grid, jobs, log=print, poll=2.0):
                     logfile.close()
                     del running[name]
                     _echo_epochs(r, pos, log)
+                    if proc.returncode == 0:
+                        log(f"[{name}] finished: {r.done_epochs()} epochs")
+                        continue
+                    failed.append(name)
                     if proc.returncode < 0:  # killed by a signal: its checkpoint is intact
-                        failed.append(name)
                         log(f"[{name}] stopped by {signal.Signals(-proc.returncode).name} after "
                             f"epoch {r.done_epochs()}: the same command resumes it")
-                    elif proc.returncode != 0:
-                        failed.append(name)
-                        log(f"[{name}] failed (exit {proc.returncode}): see {r.out / 'train.log'}")
                     else:
-                        log(f"[{name}] finished: {r.done_epochs()} epochs")
+                        log(f"[{name}] failed (exit {proc.returncode}): see {r.out / 'train.log'}")
     except KeyboardInterrupt:
         for r, proc, logfile, _ in running.values():
             proc.terminate()

@@ -141,9 +141,8 @@ def findings(key, seeds):
         text.append(f"FGS and PGD part ways from epoch {apart[0] + 1} on (FGS {100 * fgs[-1]:.1f}%"
                     f" against PGD {100 * pgd[-1]:.1f}% at the last epoch): gradient masking, "
                     "robustness that only the one-step attack sees")
-    k, n = sum(overfits(np.asarray(c["fgs_acc"]), np.asarray(c["pgd_acc"]))
-               for c in seeds.values()), len(seeds)
-    of = f" in {k} of {n} seeds" * (n > 1)
+    k = sum(overfits(c["fgs_acc"], c["pgd_acc"]) for c in seeds.values())
+    of = f" in {k} of {len(seeds)} seeds" * (len(seeds) > 1)
     if overfits(fgs, pgd):
         text.append(f"PGD accuracy falls from {100 * pgd[best]:.1f}% (epoch {best + 1}) to "
                     f"{100 * pgd[-1]:.1f}% while FGS accuracy holds: catastrophic overfitting{of}")
@@ -153,8 +152,8 @@ def findings(key, seeds):
 
 
 def overfits(fgs, pgd):
-    """Catastrophic overfitting of one curve (E,): PGD accuracy ends DROP or more below its
-    best while FGS accuracy holds."""
+    """Catastrophic overfitting of one run's or the mean's curves (E,): PGD accuracy ends DROP
+    or more below its best while FGS accuracy holds."""
     best = int(np.nanargmax(pgd))
     return bool(pgd[best] - pgd[-1] >= DROP and fgs[-1] >= fgs[best] - 0.02)
 
