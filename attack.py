@@ -22,7 +22,7 @@ EXPERIMENTS = {
     "transfer": "attacks crafted on one network, tested on networks trained on the other half",
     "blackbox": "attack a label-only model through a substitute trained on its answers",
     "autoencoder": "a small input change that makes an autoencoder reconstruct another digit",
-    "robust": "worst case over FGS, PGD, APGD-CE, APGD-T and Square (AutoAttack's protocol)",
+    "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
 }
 
 

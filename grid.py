@@ -50,6 +50,9 @@ def parse_args(argv=None):
     r.add_argument("--jobs", type=positive_int, default=2, help="runs at the same time")
     r.add_argument("--runs", type=Path, default=Path("results") / "grid",
                    help="folder of the run folders")
+    r.add_argument("--retrain", action="store_true",
+                   help="train runs that have epochs but no checkpoint again from epoch 1 "
+                        "(their metrics are replaced); without it the grid refuses")
     rep = sub.add_parser("report", help="write the report of a folder of runs",
                          formatter_class=HelpFormatter)
     rep.add_argument("--runs", type=Path, default=Path("results") / "grid",
@@ -85,7 +88,8 @@ def run(args):
     # `kill` (SIGTERM) stops a background grid as Ctrl-C does: its children too, not only itself
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
+        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True),
+                         retrain=args.retrain)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failed:

@@ -8,7 +8,7 @@ checkpoint.npz (from which --resume continues). settings.json records the run's 
 
 Where to read on: training/exercise.py, `run`, is the exercise top to bottom (load the data,
 build the model, pick the step, train and evaluate each epoch, save); the steps of each mode
-are in attacks/training.py, the evaluation in attacks/evaluate.py, the layers in nn/.
+are in attacks/training.py, the evaluation in attacks/evaluation.py, the layers in nn/.
 """
 import sys
 

@@ -8,8 +8,8 @@ images to query: each labelled image moved one signed step along the direction i
 substitute's score for the oracle's label changes most, i.e. toward the substitute's decision
 boundaries, where labels teach the substitute the most.
 
-A `ScoreOracle` answers more: the logits (or probabilities) of each image it is asked about,
-still without a gradient. That is what score-based attacks such as Square (attacks/square.py)
+A `ScoreOracle` answers more: the logits (or log-probabilities, or probabilities) of each image,
+still without a gradient. That is what score-based attacks such as Square (attacks/square_attack.py)
 work from.
 """
 from collections import Counter
@@ -17,9 +17,9 @@ from collections import Counter
 import numpy as np
 
 from nn.backend import device_of, xp_of
-from nn.losses import softmax
+from nn.losses import log_softmax, softmax
 
-from .evaluate import EVAL_BATCH, batch_slices, predict
+from .evaluation import EVAL_BATCH, batch_slices, predict
 from .gradient import eval_mode
 
 
@@ -65,11 +65,16 @@ class LabelOracle(_Oracle):
         return labels
 
 
+OUTPUTS = ("logits", "log_probs", "probs")
+
+
 class ScoreOracle(_Oracle):
     """A trained model seen from outside through its scores, in eval mode; no gradient leaves it.
 
     oracle(images, ids=None): images (M, C, H, W) in the model's namespace and on its device ->
-    scores (M, K) there: logits (output="logits") or probabilities (output="probs").
+    scores (M, K) there: logits (output="logits"), log-probabilities computed stably from them
+    (output="log_probs": z - max z - log sum exp(z - max z), exact where float32 probabilities
+    below the top one round to 0), or probabilities (output="probs").
     `queries` counts every image asked about; ids (M,) host integers naming the images (say,
     their indices in the test set) count each one's queries in `per_image` (a Counter) too.
     `budget` caps `queries`, `per_image_budget` each named image's count: a request that would
@@ -78,8 +83,9 @@ class ScoreOracle(_Oracle):
 
     def __init__(self, model, output="logits", budget=None, per_image_budget=None,
                  batch_size=EVAL_BATCH):
-        if output not in ("logits", "probs"):
-            raise ValueError(f"ScoreOracle: output must be 'logits' or 'probs', got {output!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"ScoreOracle: output must be one of {', '.join(OUTPUTS)}, got "
+                             f"{output!r}")
         if per_image_budget is not None and per_image_budget < 0:
             raise ValueError(f"ScoreOracle: per_image_budget must be >= 0, got {per_image_budget}")
         super().__init__(model, budget, batch_size)
@@ -107,7 +113,8 @@ class ScoreOracle(_Oracle):
             self._model.clear_caches()
         self.queries += n
         self.per_image.update(ids or [])
-        return softmax(scores) if self.output == "probs" else scores
+        return {"logits": lambda z: z, "log_probs": log_softmax, "probs": softmax}[self.output](
+            scores)
 
 
 def jacobian_augmentation(substitute, x, labels, lam=0.1):

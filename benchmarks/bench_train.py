@@ -19,8 +19,8 @@ float32, on a fixed random batch of 64 images (uniform in [0, 1]) with random la
                detached, forward/backward of x_fgs accumulating into the same .grad, one SGD step.
   fwd_bwd      one forward and backward, train mode: attacks.gradient.loss_and_gradients;
                PyTorch: the same with x.requires_grad (ours always returns dL/dx).
-  eval         attacks.evaluate.evaluate(model, images, labels) (clean + FGS 0.3 + FGV 0.6,
-               batches of attacks.evaluate.EVAL_BATCH, eval mode) on --eval-images random
+  eval         attacks.evaluation.evaluate(model, images, labels) (clean + FGS 0.3 + FGV 0.6,
+               batches of attacks.evaluation.EVAL_BATCH, eval mode) on --eval-images random
                images, reported as seconds per 10,000 images; PyTorch: per batch a forward with
                input grad, torch.autograd.grad of the mean cross-entropy with respect to the
                images only (ours skips the parameter gradients too, backward(param_grads=False)),
@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from attacks.evaluate import EVAL_BATCH  # noqa: E402
+from attacks.evaluation import EVAL_BATCH  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks.machine import gflops, matmul_gflops, rss_in_subprocess, rss_probe  # noqa: E402
 from benchmarks.ours import (BATCH, MEASUREMENTS, Ours, make_data, profile_layers,  # noqa: E402

@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks.evaluate import batch_slices  # noqa: E402
+from attacks.evaluation import batch_slices  # noqa: E402
 from data.mnist import load_mnist  # noqa: E402
 from gan.classifier import DEFAULT_CLASSIFIER, classifier_bn  # noqa: E402
 from gan.fid import class_fractions, coverage, features_and_classes, frechet_distance  # noqa: E402

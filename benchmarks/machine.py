@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.evaluate import EVAL_BATCH
+from attacks.evaluation import EVAL_BATCH
 from benchmarks.ours import Ours, make_data, seconds
 from benchmarks.torch_reference import Torch, torch_or_none
 from nn import reference_cnn

@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 
-from attacks.evaluate import EVAL_BATCH, evaluate
+from attacks.evaluation import EVAL_BATCH, evaluate
 from attacks.gradient import loss_and_gradients
 from attacks.training import adversarial_step, standard_step
 from nn import SGD, reference_cnn

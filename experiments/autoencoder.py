@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from attacks.autoencoder import autoencoder_attack, reconstruct
-from attacks.evaluate import EVAL_BATCH, batch_slices
+from attacks.evaluation import EVAL_BATCH, batch_slices
 from data.mnist import load_mnist
 from nn import Adam, dense_autoencoder, first_param, mse_loss
 from nn.backend import namespace_for, xp_of

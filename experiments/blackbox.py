@@ -20,7 +20,7 @@ import numpy as np
 
 from attacks import fgs, pgd, predict, standard_step
 from attacks.blackbox import LabelOracle, QueryBudgetExceeded, jacobian_augmentation
-from attacks.evaluate import batch_slices
+from attacks.evaluation import batch_slices
 from nn import Adam, reference_cnn
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int

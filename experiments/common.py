@@ -12,7 +12,7 @@ from attacks import eval_mode
 from data.mnist import load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
-from nn.checkpoint import CheckpointError, load_checkpoint, section
+from nn.checkpoint import CheckpointError, atomic_file, load_checkpoint, section
 from training import exercise
 from training.cli import TrainingError, int_at_least, positive_int
 from training.loop import progress_bar as progress
@@ -105,9 +105,8 @@ def out_dir(path):
 
 def write_json(path, data):
     """Write `data` as indented JSON atomically (temporary file, then rename)."""
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(data, indent=2, default=_plain) + "\n")
 
 
 def _plain(value):

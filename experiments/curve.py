@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from attacks import evaluate
-from attacks.evaluate import pgd_attack
+from attacks.evaluation import pgd_attack
 from attacks.gradient import fgs_step
 from nn.backend import namespace_for
 from training.plots import run_label

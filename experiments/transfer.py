@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from attacks import fgs, pgd, predict
-from attacks.evaluate import EVAL_BATCH, batch_slices
+from attacks.evaluation import EVAL_BATCH, batch_slices
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint
 from training.cli import float_in, positive_int

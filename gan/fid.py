@@ -6,7 +6,7 @@ an MNIST analogue of FID. The histogram of predicted classes exposes mode collap
 """
 import numpy as np
 
-from attacks.evaluate import EVAL_BATCH, batch_slices
+from attacks.evaluation import EVAL_BATCH, batch_slices
 from attacks.gradient import eval_mode
 from nn.backend import to_device, to_numpy, xp_of
 from nn.layers import Flatten

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from attacks.evaluate import batch_slices  # noqa: E402
+from attacks.evaluation import batch_slices  # noqa: E402
 from nn import first_param  # noqa: E402
 from nn.backend import to_device, to_numpy  # noqa: E402
 

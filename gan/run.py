@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.evaluate import batch_slices
+from attacks.evaluation import batch_slices
 from data.mnist import load_mnist
 from nn import Adam, first_param
 from nn.backend import namespace_for, to_device
 from nn.checkpoint import section
 from training.cli import HelpFormatter, TrainingError, float_in, int_at_least, positive_float
 from training.loop import check_loss, check_weights, progress_bar, run_epochs
-from training.run_folder import (make_folder, refuse_to_overwrite, resume, save_state, write_csv,
-                                 write_metrics, write_settings)
+from training.run_folder import (locked, make_folder, refuse_to_overwrite, resume, save_state,
+                                 write_csv, write_metrics, write_settings)
 
 from .classifier import DEFAULT_CLASSIFIER, classifier_bn, classifier_for
 from .fid import features_and_classes
@@ -162,47 +162,54 @@ def run(args):
         D.load_state_dict(section(arrays, "D"))
         opt_g.load_state_dict(section(arrays, "opt_g"), like=G.params)
         opt_d.load_state_dict(section(arrays, "opt_d"), like=D.params)
-    if len(history) >= args.epochs:
-        print(f"{args.out} already has {len(history)} epochs; raise --epochs to train further")
-        return 0
-    classifier = classifier_for(args, xp)
+    classifier = classifier_for(args, xp) if len(history) < args.epochs else None
     make_folder(args.out)
-    write_settings(args, classifier=settings["classifier"],
-                   classifier_bn=settings["classifier_bn"])
-
-    test_features, _ = features_and_classes(classifier, test_x)
-    # fixed noise, drawn apart from the training generator so that it never shifts its stream
-    z_grid = _noise(np.random.default_rng([args.seed, 1]), GRID * GRID, args.z_dim)
-    z_fid = _noise(np.random.default_rng([args.seed, 2]), args.fid_samples, args.z_dim)
     title = f"GAN, {args.gan_loss} generator cost"
-    print(f"{title}: {len(train_x)} training images, score on {args.fid_samples} samples; "
-          f"epochs {len(history) + 1}..{args.epochs} on {args.device}; writing {args.out}/",
-          flush=True)
-    first = []  # the first generator steps of epoch 1, one by one
 
-    def train(epoch):
-        desc = f"epoch {epoch}/{args.epochs}"
-        means = train_epoch(G, D, opt_g, opt_d, train_x, args, rng, desc,
-                            first_steps=first if epoch == 1 else None)
-        check_weights([G, D], f"epoch {epoch}")
-        return means
-
-    def evaluate(epoch):
-        if epoch == 1 and first:
-            write_csv(args.out / "first_steps.csv", first)
-        grid = args.out / f"samples_epoch{epoch:03d}.png"
-        save_grid(generate(G, z_grid), grid, f"{title}, epoch {epoch}")
-        shutil.copyfile(grid, args.out / "samples.png")
-        fid, fractions, cover = score(G, classifier, z_fid, test_features)
-        return {"fid": fid, "coverage": cover,
-                **{f"class_{c}": float(f) for c, f in enumerate(fractions)}}
-
-    def save(history):
-        save_state(ckpt, {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}, rng, len(history),
-                   settings, history)
+    def publish(history):
+        """metrics.csv and the curves from the history (the checkpoint's, on a resume)."""
         write_metrics(args.out / "metrics.csv", history)
         plot_gan(history, args.out / "gan.png", title)
-        print(epoch_line(history[-1], args.epochs), flush=True)
 
-    run_epochs(history, args.epochs, train, evaluate, save)
+    with locked(args.out):
+        if history:  # a kill between the checkpoint and metrics.csv left the CSV behind
+            publish(history)
+        if len(history) >= args.epochs:
+            print(f"{args.out} already has {len(history)} epochs; raise --epochs to train further")
+            return 0
+        write_settings(args, classifier=settings["classifier"],
+                       classifier_bn=settings["classifier_bn"])
+        test_features, _ = features_and_classes(classifier, test_x)
+        # fixed noise, drawn apart from the training generator so that it never shifts its stream
+        z_grid = _noise(np.random.default_rng([args.seed, 1]), GRID * GRID, args.z_dim)
+        z_fid = _noise(np.random.default_rng([args.seed, 2]), args.fid_samples, args.z_dim)
+        print(f"{title}: {len(train_x)} training images, score on {args.fid_samples} samples; "
+              f"epochs {len(history) + 1}..{args.epochs} on {args.device}; writing {args.out}/",
+              flush=True)
+        first = []  # the first generator steps of epoch 1, one by one
+
+        def train(epoch):
+            desc = f"epoch {epoch}/{args.epochs}"
+            means = train_epoch(G, D, opt_g, opt_d, train_x, args, rng, desc,
+                                first_steps=first if epoch == 1 else None)
+            check_weights([G, D], f"epoch {epoch}")
+            return means
+
+        def evaluate(epoch):
+            if epoch == 1 and first:
+                write_csv(args.out / "first_steps.csv", first)
+            grid = args.out / f"samples_epoch{epoch:03d}.png"
+            save_grid(generate(G, z_grid), grid, f"{title}, epoch {epoch}")
+            shutil.copyfile(grid, args.out / "samples.png")
+            fid, fractions, cover = score(G, classifier, z_fid, test_features)
+            return {"fid": fid, "coverage": cover,
+                    **{f"class_{c}": float(f) for c, f in enumerate(fractions)}}
+
+        def save(history):
+            save_state(ckpt, {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}, rng, len(history),
+                       settings, history)
+            publish(history)
+            print(epoch_line(history[-1], args.epochs), flush=True)
+
+        run_epochs(history, args.epochs, train, evaluate, save)
     return 0

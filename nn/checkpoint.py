@@ -5,27 +5,45 @@ leaves the previous checkpoint intact.
 """
 import json
 import os
+import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 META = "__meta__"
+UMASK = os.umask(0o022)  # read once (the call sets it), then restored
+os.umask(UMASK)
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing or unreadable (one sentence naming the file)."""
 
 
+@contextmanager
+def atomic_file(path, mode="w", **kwargs):
+    """Open a new temporary file beside `path` (a unique name, so that two writers never share
+    one), yield it, and rename it to `path` once the block ends without an exception: readers
+    see the old file or the new one, never half of one. On an exception the temporary goes."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~UMASK)  # as open() would create it, not mkstemp's 0600
+    try:
+        with open(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_checkpoint(path, arrays, meta):
     """Write arrays (name -> NumPy array) and meta (JSON-serialisable dict) to `path` atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         np.savez(f, **{META: np.array(json.dumps(meta))}, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path):

@@ -38,10 +38,8 @@ def softmax_cross_entropy(logits, targets, reduction="mean"):
     digits; the rounded form would drop the push down on the true logit that attacks follow.
     """
     xp = xp_of(logits, targets)
-    N, K = logits.shape
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    onehot = one_hot(targets, K, logits)
+    log_p = log_softmax(logits)
+    onehot = one_hot(targets, logits.shape[1], logits)
     wrong = xp.exp(log_p) * (1.0 - onehot)
     return _reduce(-(log_p * onehot), wrong - onehot * xp.sum(wrong, axis=1, keepdims=True),
                    reduction)
@@ -93,6 +91,14 @@ def softmax(logits):
     xp = xp_of(logits)
     e = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
     return e / xp.sum(e, axis=1, keepdims=True)
+
+
+def log_softmax(logits):
+    """Log class probabilities (N, K) from logits (N, K): z - max z - log sum exp(z - max z),
+    exact where the probabilities themselves round to 0."""
+    xp = xp_of(logits)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
 def softplus(x):

@@ -1,4 +1,4 @@
-"""Tests for attacks/apgd.py: APGD-CE, APGD-DLR and APGD-T.
+"""Tests for attacks/autopgd.py: APGD-CE, APGD-DLR and APGD-T.
 
 - the batched attack against a slow per-image loop that follows the paper's algorithm
   (tests/reference.py), in float64 on a tiny CNN with BatchNorm: steps, momentum, checkpoints,
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from attacks import eval_mode
-from attacks.apgd import apgd, apgd_run, apgd_targeted, checkpoints
+from attacks.autopgd import apgd, apgd_run, apgd_targeted, checkpoints
 from attacks.iterative import put_rows, take_rows, uniform_start
 from helpers import assert_like
 from nn import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential
@@ -77,8 +77,9 @@ def test_checkpoints_follow_the_paper():
 
 
 @given(seed=seeds, eps=st.floats(0.02, 0.5), steps=st.integers(1, 30),
-       loss=st.sampled_from(["ce", "dlr", "dlr-targeted"]), start=st.booleans())
-def test_apgd_matches_the_per_image_loop(seed, eps, steps, loss, start):
+       loss=st.sampled_from(["ce", "dlr", "dlr-targeted"]), start=st.booleans(),
+       halving=st.sampled_from(["autoattack", "paper"]))
+def test_apgd_matches_the_per_image_loop(seed, eps, steps, loss, start, halving):
     x, t = batch(seed, 6)
     rng = np.random.default_rng(seed)
     target = (t + 1 + rng.integers(0, CLASSES - 1, len(t))) % CLASSES if loss == "dlr-targeted" \
@@ -86,11 +87,11 @@ def test_apgd_matches_the_per_image_loop(seed, eps, steps, loss, start):
     kind = loss.split("-")[0]
     begin = uniform_start(x, eps, np.random.default_rng(seed)) if start else x
     got, found = apgd_run(MODEL64, x, t, eps, steps, kind, target,
-                          np.random.default_rng(seed) if start else None)
+                          np.random.default_rng(seed) if start else None, halving)
     for i in range(len(x)):
         expected, hit = apgd_one_image(
             value_and_grad(MODEL64, x, i, t[i], kind, None if target is None else target[i]),
-            x[i], t[i], eps, steps, begin[i])
+            x[i], t[i], eps, steps, begin[i], halving=halving)
         np.testing.assert_allclose(got[i], expected, rtol=0, atol=1e-12, err_msg=f"image {i}")
         assert bool(found[i]) == hit, i
 
@@ -103,7 +104,7 @@ def test_apgd_halves_steps_restarts_and_keeps_the_first_hit():
     assert 0 < int(np.sum(found)) < len(x)
     for i in range(len(x)):
         expected, _ = apgd_one_image(value_and_grad(MODEL64, x, i, t[i], "ce"), x[i], t[i], 0.15,
-                                     30, x[i])
+                                     30, x[i], halving="autoattack")
         np.testing.assert_allclose(got[i], expected, rtol=0, atol=1e-12)
     with eval_mode(MODEL64):
         assert np.all((np.argmax(MODEL64.forward(got), axis=1) != t) == found)

@@ -701,3 +701,22 @@ def test_a_real_step_lowers_the_training_loss():
     for _ in range(20):
         last = float(adversarial_step(model, optimizer, x, t, 0.05))
     assert last < first
+
+
+def test_every_attacks_module_is_reachable_by_its_dotted_path():
+    """No name exported by attacks/__init__.py hides a module of the package (before, `attacks.
+    square` was the function, so `import attacks.square` and mock.patch("attacks.square.x")
+    failed)."""
+    import importlib
+    import pkgutil
+    import types
+    import unittest.mock
+
+    import attacks
+    names = [m.name for m in pkgutil.iter_modules(attacks.__path__)]
+    assert {"autopgd", "square_attack", "fab_attack", "evaluation"} <= set(names)
+    for name in names:
+        module = importlib.import_module(f"attacks.{name}")
+        assert getattr(attacks, name) is module, name
+    with unittest.mock.patch("attacks.square_attack.HALVINGS", ()):
+        assert attacks.square_attack.p_schedule(9999, 10000) == 0.8

@@ -211,10 +211,18 @@ def test_grid_runs_skips_and_resumes_real_runs(tmp_path, capsys):
     assert len(csv_rows(tmp_path / "standard-seed0-t96-e40")) == 2
     code, out, err = run_grid(capsys, *argv)
     assert code == 0 and out.count("already has 2 epochs: skipped") == 2
-    # a committed run (metrics.csv, no checkpoint) cannot resume: it starts again from epoch 1
+    # a committed run (metrics.csv, no checkpoint) cannot resume: the grid refuses to start it
+    # again over its epochs (before anything trains) unless --retrain
     (tmp_path / "standard-seed1-t96-e40" / "checkpoint.npz").unlink()
     argv[argv.index("--epochs") + 1] = 3
+    before = (tmp_path / "standard-seed0-t96-e40" / "metrics.csv").read_bytes()
     code, out, err = run_grid(capsys, *argv)
+    assert code == 1 and out == ""
+    assert err == (f"grid.py: error: {tmp_path / 'standard-seed1-t96-e40'} has 2 epochs but no "
+                   "checkpoint to continue from: asking for 3 would train it again from epoch 1 "
+                   "and replace those metrics; add --retrain to do so\n")
+    assert (tmp_path / "standard-seed0-t96-e40" / "metrics.csv").read_bytes() == before
+    code, out, err = run_grid(capsys, *argv, "--retrain")
     assert code == 0, err
     assert ("[standard-seed1-t96-e40] run 2 of 2: starting again (its 2 epochs have no "
             "checkpoint), 3 epochs") in out
@@ -237,6 +245,25 @@ def test_a_failed_run_is_named_and_the_others_go_on(tmp_path, capsys):
     assert err.strip() == "grid.py: error: 1 run(s) did not finish: standard-seed0-t96-e40"
 
 
+def test_a_checkpoint_ahead_of_its_metrics_is_finished_by_the_grid(tmp_path, capsys):
+    """A kill between checkpoint.npz and metrics.csv on the last epoch: the checkpoint has 2
+    epochs, the CSV 1. The grid sees the run as unfinished (the checkpoint is the source of
+    truth), train.py --resume rewrites the CSV from the checkpoint's history, and the grid then
+    counts 2 epochs (before: relaunched forever, 'finished: 1 epochs', the CSV never fixed)."""
+    argv = ["run", "--modes", "standard", "--bn", "no", "--seeds", "0", "--epochs", 2,
+            "--pgd-images", 0, "--reference-epochs", 0, "--runs", tmp_path, *TINY]
+    assert run_grid(capsys, *argv)[0] == 0
+    run = tmp_path / "standard-seed0-t96-e40"
+    full = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text("".join(full.splitlines(keepends=True)[:2]))
+    code, out, err = run_grid(capsys, *argv)
+    assert code == 0, err
+    assert "[standard-seed0-t96-e40] finished: 2 epochs" in out and "\n1 run complete" in out
+    assert (run / "metrics.csv").read_text() == full
+    code, out, err = run_grid(capsys, *argv)
+    assert code == 0 and "already has 2 epochs: skipped" in out
+
+
 class SelfStopping:
     """A stand-in grid run whose child stops itself with SIGTERM, as `kill` would."""
     name, epochs = "stopped", 3
@@ -246,6 +273,12 @@ class SelfStopping:
 
     def done_epochs(self):
         return 1
+
+    def finished(self):
+        return False
+
+    def would_lose_epochs(self):
+        return False
 
     def command(self):
         return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from attacks import (eval_mode, evaluate, fgs, fooling_images, pgd, pgd_attack, signed_steps,
                      smallest_targeted, targeted_fgs, targeted_pgd)
-from attacks.evaluate import default_attacks
+from attacks.evaluation import default_attacks
 from helpers import assert_like
 from nn import softmax
 from nn.backend import to_numpy

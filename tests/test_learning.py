@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from attacks import predict, standard_step
-from attacks.evaluate import batch_slices
+from attacks.evaluation import batch_slices
 from nn import SGD, reference_cnn
 
 

@@ -1,4 +1,4 @@
-"""Tests for attacks/square.py: the Square attack, which sees a model only through a ScoreOracle.
+"""Tests for attacks/square_attack.py: the Square attack, which sees a model only through a ScoreOracle.
 
 - no gradient: it breaks an easy model whose every backward raises;
 - its procedure, read from the queries a recording oracle sees: stripes first, then one square
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from attacks import ScoreOracle, eval_mode, square
-from attacks.square import margins, p_schedule
+from attacks.square_attack import margins, p_schedule
 from helpers import assert_like
 from nn import Dense, Flatten, Sequential
 from nn.gradcheck import as_float64
@@ -127,8 +127,14 @@ def test_eps_zero_is_a_no_op():
 def test_p_schedule_halves_at_the_references_iterations():
     assert [p_schedule(i, 10000) for i in (0, 10, 11, 50, 51, 200, 201, 8000, 8001, 9999)] == \
         [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.8 / 256, 0.8 / 512, 0.8 / 512]
-    # rescaled to 5,000 queries: the same schedule at half the iterations
-    assert [p_schedule(i, 5000) for i in (5, 6, 25, 26)] == [0.8, 0.4, 0.4, 0.2]
+    # AutoAttack's standard version does not rescale: with 5,000 queries the last halving is at
+    # 4,000, and squares on 28x28 images never get below 2x2
+    assert [p_schedule(i, 5000) for i in (5, 6, 4000, 4001, 4999)] == \
+        [0.8, 0.8, 0.8 / 64, 0.8 / 128, 0.8 / 128]
+    assert min(round(np.sqrt(p_schedule(i, 5000) * 784)) for i in range(5000)) == 2
+    # rescaled to 5,000 queries (torchattacks): the same schedule at half the iterations
+    assert [p_schedule(i, 5000, rescale=True) for i in (5, 6, 25, 26, 4001)] == \
+        [0.8, 0.4, 0.4, 0.2, 0.8 / 512]
 
 
 def test_margins_are_the_true_score_minus_the_best_other():
@@ -137,12 +143,30 @@ def test_margins_are_the_true_score_minus_the_best_other():
     np.testing.assert_allclose(margins(scores, np.array([2, 1, 2])), [-1.0, -6.0, -2.0])
 
 
-def test_probabilities_serve_as_well_as_logits():
-    model = as_float64(tiny_model(2))
-    x, t = batch(2, 6, np.float64, model)
-    runs = [square(ScoreOracle(model, output=output), x, t, 0.2, n_queries=40,
-                   rng=np.random.default_rng(5)) for output in ("logits", "probs")]
-    np.testing.assert_array_equal(runs[0], runs[1])
+def test_log_probabilities_keep_what_float32_probabilities_lose():
+    """A confident float32 model (a linear one whose margins are hundreds of logits, where every
+    probability below the top one rounds to 0): Square through the oracle's log-probabilities
+    breaks exactly the images it breaks through logits; through probabilities it walks blind."""
+    rng = np.random.default_rng(1)
+    model = Sequential(Flatten(), Dense(256, 10, rng=rng))
+    dense = model.layers[-1]
+    dense.params["W"], dense.params["b"] = dense.params["W"] * 1000, dense.params["b"] * 1000
+    x = rng.uniform(0, 1, (30, 1, 16, 16)).astype(np.float32)
+    with eval_mode(model):
+        logits = model.forward(x)
+    t = np.argmax(logits, axis=1)
+    assert np.all(ScoreOracle(model, output="probs")(x).max(axis=1) == 1.0)  # the blind spot
+
+    def broken(output):
+        out = square(ScoreOracle(model, output=output), x, t, 0.05, n_queries=300,
+                     rng=np.random.default_rng(5))
+        with eval_mode(model):
+            return np.argmax(model.forward(out), axis=1) != t
+    by_logits, by_log_probs, by_probs = broken("logits"), broken("log_probs"), broken("probs")
+    np.testing.assert_array_equal(by_log_probs, by_logits)
+    assert by_probs.sum() < by_logits.sum() / 1.5, (by_probs.sum(), by_logits.sum())
+    np.testing.assert_allclose(ScoreOracle(model, output="log_probs")(x),
+                               logits - logits.max(axis=1, keepdims=True), atol=1e-2)
 
 
 def test_square_on_every_backend(xp):
@@ -155,7 +179,7 @@ def test_square_on_every_backend(xp):
 def test_square_never_needs_float64():
     xps = pytest.importorskip("array_api_strict")
     model_np, model, x_np, t_np, x, t = backend_case(xps, xps.Device("no_float64"))
-    for output in ("logits", "probs"):
+    for output in ("logits", "log_probs", "probs"):
         out = square(ScoreOracle(model, output=output), x, t, 0.2, n_queries=30,
                      rng=np.random.default_rng(4))
         assert_like(out, square(ScoreOracle(model_np, output=output), x_np, t_np, 0.2,

@@ -24,7 +24,7 @@ from training import exercise
 from attacks import default_attacks, evaluate, standard_step
 from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
-from nn.checkpoint import CheckpointError, load_checkpoint, section
+from nn.checkpoint import UMASK, CheckpointError, load_checkpoint, section
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--train-limit", "200", "--test-limit", "100"]
@@ -172,6 +172,68 @@ def test_resume_when_all_epochs_are_done(cli, base_copy):
     after = snapshot(base_copy)
     assert after["checkpoint.npz"] == before["checkpoint.npz"]
     assert after["metrics.csv"] == before["metrics.csv"]
+
+
+def test_resume_rewrites_metrics_left_behind_by_a_kill(cli, base_copy):
+    """A kill between checkpoint.npz and metrics.csv on the last epoch leaves the CSV one
+    epoch behind: --resume, with nothing left to train, rewrites it from the checkpoint."""
+    assert cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")[0] == 0
+    full = (base_copy / "metrics.csv").read_text()
+    (base_copy / "metrics.csv").write_text("".join(full.splitlines(keepends=True)[:2]))
+    code, out, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
+    assert code == 0 and "already has 2 epochs" in out, err
+    assert (base_copy / "metrics.csv").read_text() == full
+
+
+def test_settings_are_replaced_not_rewritten_in_place(cli, base_copy):
+    """settings.json is written to a temporary file and renamed over the old one, so a reader
+    (grid.py report) sees the old file or the new one, never a truncated one."""
+    old = base_copy / "settings.json"
+    inode = old.stat().st_ino
+    assert cli(*SMALL, "--epochs", 1, "--out", base_copy, "--resume")[0] == 0
+    assert old.stat().st_ino != inode and json.loads(old.read_text())["resume"] is True
+    assert not list(base_copy.glob("*.tmp")) and old.stat().st_mode & 0o777 == 0o666 & ~UMASK
+
+
+def test_a_folder_being_written_is_refused(cli, base_copy):
+    """A second writer of a run folder (here a process holding its lock, as a training process
+    orphaned by a lost worker would) gets one sentence and exit 1, and writes nothing; once
+    that process is killed (kill -9), the lock is gone and the run resumes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; "
+         f"fd = os.open({str(base_copy / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, str(os.getpid()).encode(), 0); "
+         "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = {k: v for k, v in snapshot(base_copy).items() if k != ".lock"}
+        code, out, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
+        assert code == 1
+        assert_one_sentence(err, f"{base_copy} is being written by process {holder.pid}")
+        assert {k: v for k, v in snapshot(base_copy).items() if k != ".lock"} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")[0] == 0
+    assert len(read_rows(base_copy)) == 2
+
+
+def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
+    """atomic_file (checkpoints, CSV, JSON): each writer its own temporary name, the last
+    rename wins whole; an exception inside the block leaves the old file and no temporary."""
+    from nn.checkpoint import atomic_file
+    path = tmp_path / "checkpoint.npz"
+    path.write_text("old")
+    with atomic_file(path) as a, atomic_file(path) as b:
+        assert len(list(tmp_path.glob("checkpoint.npz.*.tmp"))) == 2
+        a.write("first writer")
+        b.write("second writer")
+    assert path.read_text() == "first writer"  # b renamed first, a (the outer block) last
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(path) as f:
+            f.write("half")
+            raise KeyboardInterrupt
+    assert path.read_text() == "first writer" and sorted(tmp_path.iterdir()) == [path]
 
 
 # --- bad input: argparse ---------------------------------------------------------------------

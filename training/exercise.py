@@ -19,11 +19,12 @@ from nn import SGD, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import section
 
-from .cli import HelpFormatter, float_in, int_at_least, positive_float, positive_int
+from .cli import (HelpFormatter, TrainingError, float_in, int_at_least, positive_float,
+                  positive_int)
 from .loop import run_epochs, train_epoch
 from .plots import plot_runs
-from .run_folder import (make_folder, refuse_to_overwrite, resume, save_state, write_metrics,
-                         write_settings)
+from .run_folder import (checkpoint_epochs, locked, make_folder, refuse_to_overwrite, resume, save_state,
+                         write_metrics, write_settings)
 
 DESCRIPTION = ("Train the exercise's CNN on MNIST and evaluate it against FGS and FGV after every "
                "epoch.")
@@ -166,11 +167,8 @@ def run(args):
         optimizer.load_state_dict(section(arrays, "optim"), like=model.params)
     start = len(history)
     make_folder(args.out)
-    write_settings(args)
     step, attacks = make_step(args, rng), default_attacks(args.alpha, args.fgv_alpha)
     name = f"{args.mode} training{' with BatchNorm' if args.bn else ''}"
-    print(f"{name} on {len(train_x)} images, tested on {len(test_x)}; epochs "
-          f"{start + 1}..{args.epochs} on {args.device}; writing {args.out}/", flush=True)
 
     def train(epoch):
         return {"train_loss": train_epoch(model, optimizer, step, train_x, train_t,
@@ -183,14 +181,26 @@ def run(args):
             metrics.update(evaluate_pgd(model, test_x, test_t, args, epoch))
         return metrics
 
+    def publish(history):
+        """metrics.csv and the figure from the history (the checkpoint's, on a resume)."""
+        write_metrics(args.out / "metrics.csv", history)
+        plot_runs([args.out], args.out / "accuracy.png", title=name)
+
     def save(history):
         save_state(ckpt, {"model": model, "optim": optimizer}, rng, len(history), settings,
                    history)
-        write_metrics(args.out / "metrics.csv", history)
-        plot_runs([args.out], args.out / "accuracy.png", title=name)
+        publish(history)
         print(epoch_line(history[-1], args.epochs), flush=True)
 
-    run_epochs(history, args.epochs, train, evaluate_epoch, save)
+    with locked(args.out):
+        if checkpoint_epochs(args.out) != start and args.resume:
+            raise TrainingError(f"{args.out} changed while this run started: run it again")
+        write_settings(args)
+        if history:  # a kill between the checkpoint and metrics.csv left the CSV behind
+            publish(history)
+        print(f"{name} on {len(train_x)} images, tested on {len(test_x)}; epochs "
+              f"{start + 1}..{args.epochs} on {args.device}; writing {args.out}/", flush=True)
+        run_epochs(history, args.epochs, train, evaluate_epoch, save)
     if start >= args.epochs:
         print(f"{args.out} already has {start} epochs; raise --epochs to train further")
     return 0

@@ -1,14 +1,16 @@
 """A grid of train.py runs: modes x BatchNorm x seeds, several at once, resumable.
 
 Each run is a train.py child process with one BLAS thread, writing its own run folder
-<runs>/<mode>[-bn]-seed<seed> and appending its output to train.log there. A run whose
-metrics.csv already has the requested epochs is skipped; one with a checkpoint is resumed (one
-with epochs but no checkpoint, as committed in results/, starts again from epoch 1). The
+<runs>/<mode>[-bn]-seed<seed> and appending its output to train.log there. How far a run got
+is read from its checkpoint, written before metrics.csv (from metrics.csv where there is no
+checkpoint, as committed in results/). A run that has the requested epochs, and a metrics.csv
+that shows them all, is skipped; one with a checkpoint is resumed (train.py rewrites a
+metrics.csv that a kill left one epoch behind). A run with epochs but no checkpoint would start
+again from epoch 1 and lose its metrics: the grid refuses that unless `retrain` is given. The
 epoch lines of every child are echoed with the run's name in front, so a log shows every run's
 progress; Ctrl-C (or SIGTERM) stops the children (each keeps its last completed epoch) and the
 same command continues later.
 """
-import csv
 import os
 import signal
 import subprocess
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from .cli import TrainingError
 from .exercise import default_name, parse_args
-from .run_folder import has_checkpoint
+from .run_folder import checkpoint_epochs, has_checkpoint, metrics_rows
 
 TRAIN = Path(__file__).resolve().parent.parent / "train.py"
 THREADS = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -38,12 +40,17 @@ class Run:
         self.flags = [*flags, "--out", str(self.out)]
 
     def done_epochs(self):
-        """Epochs in its metrics.csv (0 if none)."""
-        try:
-            with open(self.out / "metrics.csv", newline="") as f:
-                return sum(1 for _ in csv.DictReader(f))
-        except OSError:
-            return 0
+        """Epochs completed: its checkpoint's, else its metrics.csv's rows (0 if neither)."""
+        return checkpoint_epochs(self.out)
+
+    def finished(self):
+        """Whether it has its epochs and its metrics.csv shows every one of them."""
+        done = self.done_epochs()
+        return done >= self.epochs and metrics_rows(self.out) == done
+
+    def would_lose_epochs(self):
+        """Whether running it would start again from epoch 1 over epochs it already has."""
+        return not self.finished() and not has_checkpoint(self.out) and self.done_epochs() > 0
 
     def command(self):
         resume = ["--resume"] if has_checkpoint(self.out) else []
@@ -69,10 +76,18 @@ def plan(modes, bn, seeds, epochs, extra, runs, reference=()):
     return grid
 
 
-def execute(grid, jobs, log=print, poll=2.0):
+def execute(grid, jobs, log=print, poll=2.0, retrain=False):
     """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that did not finish
-    (failed, or stopped by a signal)."""
-    todo = [r for r in grid if r.done_epochs() < r.epochs]
+    (failed, or stopped by a signal). A TrainingError before anything trains if a run would
+    start again over epochs it has (no checkpoint) and not `retrain`."""
+    lost = [r for r in grid if r.would_lose_epochs()]
+    if lost and not retrain:
+        raise TrainingError(
+            f"{', '.join(f'{r.out} has {r.done_epochs()} epochs' for r in lost)} but no "
+            f"checkpoint to continue from: asking for {lost[0].epochs} would train "
+            f"{'them' if len(lost) > 1 else 'it'} again from epoch 1 and replace those metrics; "
+            "add --retrain to do so")
+    todo = [r for r in grid if not r.finished()]
     for r in grid:
         if r not in todo:
             log(f"[{r.name}] already has {r.done_epochs()} epochs: skipped")

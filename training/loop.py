@@ -11,7 +11,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from attacks.evaluate import batch_slices
+from attacks.evaluation import batch_slices
 from nn import first_param
 from nn.backend import to_device, xp_of
 

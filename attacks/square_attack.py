@@ -8,8 +8,13 @@ iteration proposes one change: a random square of the image, each channel of it 
 corner of the ball. The proposal is kept where it lowers the margin of the true class,
 z_y - max_{i != y} z_i, or where it is misclassified (argmax != y, as the evaluation counts:
 a tie counts as correct when the label is the first of the tied classes); an image is done once
-misclassified, so the first adversarial point found is the one returned. Squares start large (p_init = 0.8 of the
-pixels) and shrink as the queries go by.
+misclassified, so the first adversarial point found is the one returned. Squares start large
+(p_init = 0.8 of the pixels) and shrink as the queries go by: by default as in AutoAttack's
+standard version (its schedule of halvings at fixed iterations, never rescaled: on 28x28 images
+with 5,000 queries the squares never get smaller than 2x2); rescale=True stretches the schedule
+over the query budget, as torchattacks' Square and AutoAttack's own default do (with 5,000
+queries a fifth of the proposals are then 1x1 squares). Unlike AutoAttack, which places one
+square per iteration for the whole batch, each image draws its own square and signs.
 """
 import math
 
@@ -20,17 +25,17 @@ from nn.losses import one_hot
 
 from .iterative import project, put_rows, take_rows, where_rows
 
-# iterations (of 10,000; rescaled to the query budget) after which the square's area halves
+# iterations (of 10,000 when rescaled to the query budget) after which the square's area halves
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(i, n_queries, p_init=0.8):
+def p_schedule(i, n_queries, p_init=0.8, rescale=False):
     """The share of an image's pixels the square covers at iteration i (0-based) of n_queries.
 
-    p_init, halved each time i / n_queries * 10,000 passes one of HALVINGS (as AutoAttack's
-    Square with its schedule rescaled to the number of queries).
+    p_init, halved each time i passes one of HALVINGS (AutoAttack's standard version), or, with
+    rescale, each time i / n_queries * 10,000 does (torchattacks' Square).
     """
-    progress = int(i / n_queries * 10000)
+    progress = int(i / n_queries * 10000) if rescale else i
     return p_init / 2 ** sum(progress > h for h in HALVINGS)
 
 
@@ -45,7 +50,9 @@ def margins(scores, t):
 
 
 def _log_scores(oracle, images, ids):
-    """The oracle's logits, or the log of its probabilities (the smallest float for a 0)."""
+    """The oracle's logits or log-probabilities as they are; the log of its probabilities (the
+    smallest float for a 0) from an oracle that gives nothing better: a probability below the
+    top one rounds to 0 once the margin passes about 87 in float32, and the signal is lost."""
     xp = xp_of(images)
     scores = oracle(images, ids)
     if getattr(oracle, "output", "logits") == "probs":
@@ -72,7 +79,7 @@ def _signs(rng, shape, like):
     return xp_of(like).asarray(signs, dtype=like.dtype, device=device_of(like))
 
 
-def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None):
+def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None, rescale=False):
     """Square attack: x (N, C, H, W) in [0, 1], t (N,) labels -> x_adv like x.
 
     oracle(images, ids) -> scores (a ScoreOracle); eps a scalar; at most n_queries queries per
@@ -80,7 +87,8 @@ def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None):
     correctly). ids (N,) host integers name the images for the oracle's per-image counts
     (default 0..N-1). Host generator rng (numpy.random.Generator; default seeded 0) draws the
     stripes, squares and signs. Per image: the first misclassified point found, else the point
-    of the lowest margin. |x_adv - x| <= eps, 0 <= x_adv <= 1.
+    of the lowest margin. |x_adv - x| <= eps, 0 <= x_adv <= 1. rescale: the square sizes'
+    schedule stretched over n_queries (see the module's docstring).
     """
     xp = xp_of(x)
     rng = np.random.default_rng(0) if rng is None else rng
@@ -94,7 +102,7 @@ def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None):
         todo = np.flatnonzero(~to_numpy(wrong))
         if todo.size == 0:
             break
-        side = min(max(int(round(math.sqrt(p_schedule(i, n_queries, p_init) * H * W))), 1),
+        side = min(max(int(round(math.sqrt(p_schedule(i, n_queries, p_init, rescale) * H * W))), 1),
                    H, W)
         best = take_rows(x_best, todo)
         change = (2.0 * eps) * _square_masks(rng, todo.size, side, H, W, x) * _signs(

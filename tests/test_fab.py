@@ -1,0 +1,131 @@
+"""Tests for attacks/fab_attack.py: FAB-T and its exact L-infinity projection.
+
+- `project_linf` against a slow bisection on the piecewise-linear g(lam), feasible or not;
+- on a linear model the minimal L-infinity perturbation toward each class has a closed form
+  (the same projection, from the original image): FAB finds it to within half a percent, and
+  never anything smaller than the smallest over all classes;
+- [0, 1], eps, images left unchanged, BatchNorm untouched, every backend, no float64.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from attacks import eval_mode
+from attacks.fab_attack import fab_run, fab_targeted, project_linf
+from helpers import assert_like
+from nn import Dense, Flatten, Sequential
+from test_apgd import CLASSES, backend_case, batch, tiny_model
+from test_attacks import assert_state_equal, modes, seeds
+
+
+def project_slow(x, w, b):
+    """project_linf for one point (n,), by bisection on lam of g(lam) = sum |w_i| min(lam, r_i)."""
+    c = b - w @ x
+    direction = np.sign(w) * np.sign(c)
+    room = np.where(direction > 0, 1 - x, x)
+
+    def g(lam):
+        return np.sum(np.abs(w) * np.minimum(lam, room))
+    if g(1.0) < abs(c):
+        return direction * room
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        low, high = ((low + high) / 2, high) if g((low + high) / 2) < abs(c) else \
+            (low, (low + high) / 2)
+    return direction * np.minimum(high, room)
+
+
+@given(seed=seeds, n=st.integers(1, 40), scale=st.floats(0.1, 30))
+def test_projection_is_the_slow_bisection(seed, n, scale):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (7, n))
+    x[:, : n // 3] = rng.integers(0, 2, (7, n // 3))  # some coordinates on the box's faces
+    w, b = rng.normal(size=(7, n)), rng.normal(size=7) * scale  # large b: often out of reach
+    d = project_linf(x, w, b)
+    np.testing.assert_allclose(d, [project_slow(x[i], w[i], b[i]) for i in range(7)], atol=1e-12)
+    assert np.all(x + d >= -1e-12) and np.all(x + d <= 1 + 1e-12)
+    reached = np.abs(np.sum(w * (x + d), axis=1) - b) < 1e-9
+    # where the plane is reached, the step is on it; where not, nothing in the box gets closer
+    corner = np.where(np.sign(w) * np.sign(b - np.sum(w * x, axis=1))[:, None] > 0, 1.0, 0.0)
+    assert np.all(reached | np.isclose(np.sum(w * (x + d), axis=1), np.sum(w * corner, axis=1)))
+
+
+def linear_case(seed, n=40):
+    """A 10-class linear model on 6x6 images in [0.2, 0.8], its labels, and per image and class
+    the exact minimal L-infinity distance to z_class >= z_label inside [0, 1] (N, 10)."""
+    rng = np.random.default_rng(seed)
+    model = Sequential(Flatten(), Dense(36, 10, rng=rng))
+    x = rng.uniform(0.2, 0.8, (n, 1, 6, 6))
+    W, b = model.layers[1].params["W"], model.layers[1].params["b"]
+    t = np.argmax(x.reshape(n, -1) @ W + b, axis=1)
+    exact = np.full((n, 10), np.inf)
+    for i in range(n):
+        for j in set(range(10)) - {t[i]}:
+            d = project_slow(x[i].ravel(), W[:, j] - W[:, t[i]], b[t[i]] - b[j])
+            exact[i, j] = np.abs(d).max()
+    return model, x, t, exact
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fab_finds_the_minimal_perturbation_of_a_linear_model(seed):
+    model, x, t, exact = linear_case(seed)
+    smallest = exact.min(axis=1)
+    for shift in range(1, 10):
+        target = (t + shift) % 10
+        adv, dist = fab_run(model, x, t, target, steps=100)
+        lam = exact[np.arange(len(t)), target]
+        assert np.all(dist >= smallest * (1 - 1e-9))      # nothing beats the exact minimum
+        assert np.all(dist <= lam * 1.01), np.max(dist / lam)  # FAB gets within 1% of it
+        np.testing.assert_allclose(np.abs(adv - x).reshape(len(t), -1).max(axis=1), dist)
+        with eval_mode(model):
+            assert np.all(np.argmax(model.forward(adv), axis=1) != t)
+
+
+def test_fab_targeted_breaks_exactly_the_images_within_eps():
+    model, x, t, exact = linear_case(2)
+    eps = float(np.median(exact.min(axis=1)))
+    adv = fab_targeted(model, x, t, eps, steps=100, n_target_classes=9)
+    with eval_mode(model):
+        broken = np.argmax(model.forward(adv), axis=1) != t
+    size = np.abs(adv - x).reshape(len(t), -1).max(axis=1)
+    assert np.all(size[broken] <= eps) and np.all(size[~broken] == 0)
+    # within FAB's 1%: every image whose minimum is below eps / 1.01 is broken, none above eps
+    assert np.all(broken[exact.min(axis=1) < eps / 1.01]) and not np.any(
+        broken[exact.min(axis=1) > eps])
+
+
+@given(seed=seeds, eps=st.floats(0.02, 0.5), restarts=st.integers(1, 2))
+def test_fab_stays_in_the_unit_interval_and_the_ball(seed, eps, restarts):
+    model = tiny_model(seed % 3)
+    x, t = batch(seed, 6, np.float32, model)
+    adv = fab_targeted(model, x, t, eps, steps=5, n_target_classes=3, restarts=restarts,
+                       rng=np.random.default_rng(seed))
+    assert adv.dtype == x.dtype and np.all((adv >= 0) & (adv <= 1))
+    assert np.all(np.abs(adv - x) <= eps + 1e-6)
+    with eval_mode(model):
+        wrong = np.argmax(model.forward(x), axis=1) != t
+    np.testing.assert_array_equal(adv[wrong], x[wrong])  # misclassified already: left alone
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fab_touches_no_statistic_or_mode(train):
+    model = tiny_model(4)
+    x, t = batch(4, 6, np.float32, model)
+    model.train() if train else model.eval()
+    state, before = {k: np.copy(v) for k, v in model.state_dict().items()}, modes(model)
+    fab_targeted(model, x, t, 0.2, steps=3, n_target_classes=2)
+    assert_state_equal(model.state_dict(), state)
+    assert modes(model) == before
+
+
+def test_fab_on_every_backend(xp):
+    model_np, model, x_np, t_np, x, t = backend_case(xp)
+    assert_like(fab_targeted(model, x, t, 0.2, steps=4, n_target_classes=CLASSES - 1),
+                fab_targeted(model_np, x_np, t_np, 0.2, steps=4, n_target_classes=CLASSES - 1), x)
+
+
+def test_fab_never_needs_float64():
+    xps = pytest.importorskip("array_api_strict")
+    model_np, model, x_np, t_np, x, t = backend_case(xps, xps.Device("no_float64"))
+    assert_like(fab_targeted(model, x, t, 0.2, steps=4, n_target_classes=2),
+                fab_targeted(model_np, x_np, t_np, 0.2, steps=4, n_target_classes=2), x)
