@@ -20,6 +20,7 @@ ROBUST = (("fgs_robust_acc", "FGS"), ("fgv_robust_acc", "FGV"), ("pgd_robust_acc
 ORDER = ("standard", "noise", "adversarial", "pgd")
 GAP = 0.40    # FGS minus PGD accuracy, above which the two have parted ways
 DROP = 0.10   # PGD accuracy lost after its best epoch that counts as catastrophic overfitting
+WIDE = 0.10   # seeds this far apart (max - min) get their values listed in the table
 REFERENCES = """\
 Published reference points (other networks, so only the direction compares):
 - Goodfellow et al. 2015, MNIST, maxout network, FGSM eps 0.25: error 89.4% after standard
@@ -81,11 +82,12 @@ def stack(seeds, column):
 
 
 def at(seeds, column, epoch):
-    """(mean, sample std or nan, count) over the seeds that reached `epoch`."""
+    """(mean, sample std or nan, count, the values (count,)) over the seeds that reached
+    `epoch`, the values in seed order."""
     v = stack(seeds, column)[1][:, epoch - 1:epoch].ravel()  # empty past the last epoch
     v = v[~np.isnan(v)]
     return (float(v.mean()) if len(v) else np.nan,
-            float(v.std(ddof=1)) if len(v) > 1 else np.nan, len(v))
+            float(v.std(ddof=1)) if len(v) > 1 else np.nan, len(v), v)
 
 
 def mean_curve(seeds, column):
@@ -100,10 +102,14 @@ def table_epochs(seeds, wanted):
     return sorted({e for e in wanted if e <= last} | {last})
 
 
-def fmt(mean, std):
+def fmt(mean, std, values=()):
+    """"mean ± std" in %, and each seed's value where they lie WIDE or more apart (a mean and
+    a standard deviation hide that some seeds are robust and others not)."""
     if np.isnan(mean):
         return ""
-    return f"{100 * mean:.2f}" + ("" if np.isnan(std) else f" ± {100 * std:.2f}")
+    apart = len(values) > 1 and np.ptp(values) >= WIDE
+    return (f"{100 * mean:.2f}" + ("" if np.isnan(std) else f" ± {100 * std:.2f}")
+            + (f" (seeds: {', '.join(f'{100 * v:.1f}' for v in values)})" if apart else ""))
 
 
 def table(variants, wanted):
@@ -117,7 +123,7 @@ def table(variants, wanted):
             n = max(c[2] for c in cells)
             if n:
                 rows.append(f"| {label(key)} | {e} | {n} | "
-                            + " | ".join(fmt(m, s) for m, s, _ in cells) + " |")
+                            + " | ".join(fmt(m, s, v) for m, s, _, v in cells) + " |")
     return rows
 
 
@@ -205,7 +211,8 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
                if short else []),
              f"Made by `python grid.py report` from the runs in `{runs}` "
              f"({seed_list(variants)}). {evaluation(settings)} Mean ± standard deviation over "
-             "seeds, in %; the first four measures are the exercise's (over the correctly "
+             "seeds, in % (each seed's value too where they lie 10 points or more apart); the "
+             "first four measures are the exercise's (over the correctly "
              "classified test images), the last three count "
              "an image only if it is correct before and after the attack. The band in the "
              "figures spans the lowest to the highest seed.", "",
@@ -232,7 +239,8 @@ def readme_block(runs, out, base):
                            for name in ("accuracy.png", "README.md"))
     return [f"![accuracy of every variant over the epochs, mean over seeds]({figure_path})", "",
             f"Every variant at its last epoch ({seed_list(variants)}: mean ± standard deviation "
-            f"where several reached it, in %; made by `python grid.py report`, whose "
+            f"where several reached it, and each seed's value where they lie 10 points or more "
+            f"apart, in %; made by `python grid.py report`, whose "
             f"[report]({report}) has the other epochs and the findings):", "",
             *table(variants, ())]
 
