@@ -1,6 +1,6 @@
 """Black-box attack through a substitute: the victim answers only labels, each image counted.
 
-The victim (--checkpoint, or the default trained model) is a LabelOracle. For each method and
+The victim (--checkpoint, or the shipped model of --model) is a LabelOracle. For each method and
 query budget (--budgets), the attacker trains a substitute CNN from scratch (the reference CNN,
 Adam) on the oracle's labels alone, crafts FGS (alpha) and PGD (eps alpha, --steps steps) on the
 substitute for --images held-out test images, labelled by their clean oracle answers, and counts

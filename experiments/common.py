@@ -1,26 +1,27 @@
 """What every experiment of attack.py shares: a trained model, test images, a run folder, progress.
 
 An experiment is a module with `add_arguments(parser)` (its own flags) and `run(args)`; the flags
-below (--checkpoint, --out, --images, --seed, --data-dir, --device) come with every one.
+below (--checkpoint or --model, --out, --images, --seed, --data-dir, --device) come with every
+one. Without --checkpoint an experiment attacks a shipped model (models/, --model).
 """
 import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
+import models
 from attacks import eval_mode
 from data.mnist import load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, atomic_file, load_checkpoint, section
+from nn.export import load_exported
 from training import exercise
 from training.cli import TrainingError, int_at_least, positive_int
 from training.loop import progress_bar as progress
+from training.plots import run_label
 from training.run_folder import write_csv
-
-# train.py's flags for the model an experiment trains when no --checkpoint is given
-DEFAULT_TRAINING = ("--mode", "standard", "--epochs", "3")
-
 
 class ExperimentError(Exception):
     """The experiment cannot run (one sentence for the user)."""
@@ -28,8 +29,10 @@ class ExperimentError(Exception):
 
 def add_common_arguments(parser, name, images=1000, checkpoint_help=None):
     parser.add_argument("--checkpoint", type=Path, help=checkpoint_help or (
-        "a train.py checkpoint.npz to attack (default: train a standard CNN for 3 epochs into "
-        "runs/standard-seed0, or reuse the one there)"))
+        "a train.py checkpoint.npz, or an exported .safetensors, to attack (default: the "
+        "shipped model of --model)"))
+    parser.add_argument("--model", choices=list(models.MODELS), default="standard",
+                        help="the shipped model (models/) to attack when no --checkpoint is given")
     parser.add_argument("--out", type=Path, default=Path("runs") / f"attack-{name}",
                         help="folder for the experiment's numbers and figures")
     parser.add_argument("--images", type=positive_int, default=images,
@@ -41,7 +44,17 @@ def add_common_arguments(parser, name, images=1000, checkpoint_help=None):
 
 
 def load_model(path, xp):
-    """(model in eval mode on namespace xp, its train.py settings) from checkpoint `path`."""
+    """(model in eval mode on namespace xp, its train.py settings) from train.py checkpoint
+    `path`, or from a .safetensors export (a shipped model's checked against its SHA-256)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            if path.resolve() == models.path_of(path.stem).resolve():
+                return models.load(path.stem, xp)[:2]
+            model, settings = load_exported(path)
+        except (models.ModelError, CheckpointError) as exc:
+            raise ExperimentError(str(exc)) from None
+        return model.to(xp), settings
     try:
         arrays, meta = load_checkpoint(path)
     except CheckpointError as exc:
@@ -74,15 +87,23 @@ def train_model(train_flags, xp):
 
 
 def model_for(args):
-    """The model of --checkpoint, or the default one (trained first if missing): (model, path)."""
-    xp = namespace_for(args.device)
-    if args.checkpoint is not None:
-        return load_model(args.checkpoint, xp)[0], args.checkpoint
-    flags = [*DEFAULT_TRAINING, "--seed", str(args.seed), "--device", args.device]
-    if args.data_dir is not None:
-        flags += ["--data-dir", str(args.data_dir)]
-    model, _, ckpt = train_model(flags, xp)
-    return model, ckpt
+    """The model of --checkpoint, else the shipped model of --model: (model, its path)."""
+    path = args.checkpoint if args.checkpoint is not None else models.path_of(args.model)
+    return load_model(path, namespace_for(args.device))[0], path
+
+
+def run_name(path):
+    """'adversarial, BN' style label of a checkpoint (from its run folder's settings.json) or of
+    an exported model (from the settings in its file), else the folder's name."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                s = json.loads((f.metadata() or {})["settings"])
+            return f"{s['mode']}{', BN' if s['bn'] else ''}"
+        except (OSError, SafetensorError, ValueError, KeyError):
+            return path.stem
+    return run_label(path.parent)
 
 
 def test_set(args, limit=None):

@@ -13,10 +13,9 @@ from attacks import evaluate
 from attacks.evaluation import pgd_attack
 from attacks.gradient import fgs_step
 from nn.backend import namespace_for
-from training.plots import run_label
 from training.cli import float_in, positive_int
 
-from .common import load_model, model_for, out_dir, test_set, write_csv
+from .common import load_model, model_for, out_dir, run_name, test_set, write_csv
 from .figures import plt
 
 DEFAULTS = {"images": 1000}
@@ -57,7 +56,7 @@ def run(args):
     rows = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (m, path) in enumerate(models):
-        label = run_label(Path(path).parent)
+        label = run_name(path)
         print(f"{label} ({path}): FGS and {args.steps}-step PGD on {len(images)} test images",
               flush=True)
         rng = np.random.default_rng(args.seed)

@@ -4,15 +4,14 @@ For FGS (alpha), FGV (fgv-alpha), PGD (eps alpha) and targeted PGD (toward (labe
 on the first --images correctly classified test images: one figure per attack,
 gallery-<attack>.png, and gallery.json with every prediction and confidence.
 """
-from pathlib import Path
 
 import numpy as np
 
 from attacks import fgs, fgv, pgd, targeted_pgd
-from training.plots import run_label
 from training.cli import float_in, positive_int
 
-from .common import host, model_for, on_model, out_dir, predictions, test_set, write_json
+from .common import (host, model_for, on_model, out_dir, predictions, run_name, test_set,
+                     write_json)
 from .figures import triplets
 
 DEFAULTS = {"images": 8}
@@ -54,7 +53,7 @@ def run(args):
         x_adv_host = host(x_adv)
         triplets(out / f"gallery-{name}.png", x_host, x_adv_host, before, after,
                  title=f"{title}, {setting}",
-                 note=f"model: {run_label(Path(ckpt).parent)} training ({Path(ckpt).parent.name})")
+                 note=f"model: {run_name(ckpt)} training ({ckpt})")
         delta = (x_adv_host - x_host).reshape(len(x_host), -1)
         report["attacks"][name] = {
             "setting": setting, "pred": after[0], "conf": after[1].max(axis=1),

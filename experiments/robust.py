@@ -28,10 +28,9 @@ from attacks import (ScoreOracle, apgd, apgd_targeted, eval_mode, fab_targeted, 
 from attacks.evaluation import EVAL_BATCH, batch_slices
 from nn.backend import namespace_for, xp_of
 from training.cli import float_in, int_at_least, positive_int
-from training.plots import run_label
 
 from .common import (ExperimentError, host, load_model, model_for, on_model, out_dir, progress,
-                     test_set, write_csv, write_json)
+                     run_name, test_set, write_csv, write_json)
 from .figures import plt
 
 DEFAULTS = {"images": 1000}
@@ -218,7 +217,7 @@ def run(args):
         eps = args.eps if args.eps is not None else settings.get("alpha")
         if eps is None:
             raise ExperimentError(f"{path} has no --alpha in its settings: give --eps")
-        label = run_label(Path(path).parent)
+        label = run_name(path)
         print(f"{label} ({path}): {', '.join(NAMES[a] for a in ATTACKS if a in args.attacks)} "
               f"at eps {eps:g} on {len(images)} test images", flush=True)
         report, prediction, broken_by = worst_case(model, label, images, labels, eps, args,

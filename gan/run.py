@@ -5,7 +5,6 @@ distance and class coverage of 10,000 samples (fid.py, with the classifier of cl
 then the checkpoint, metrics.csv and gan.png through the run-folder code of training/.
 """
 import argparse
-import math
 import shutil
 from pathlib import Path
 

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
 
 from .checkpoint import CheckpointError, load_checkpoint, section
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Dense
@@ -68,6 +68,41 @@ def torch_state_dict(model):
     return state
 
 
+def load_torch_state_dict(model, state):
+    """Copy PyTorch's state dict `state` (name -> host array, as torch_state_dict writes it)
+    into `model`, the inverse of torch_state_dict: Linear's weight (M, D) back to Dense's W
+    (D, M). ValueError if a tensor is missing or unexpected, or a shape does not match."""
+    ours, expected = {}, set()
+    for i, layer in enumerate(model.layers):
+        for mine, theirs in TORCH_NAMES.get(type(layer), {}).items():
+            key = f"{i}.{theirs}"
+            if key not in state:
+                raise ValueError(f"no tensor {key} for layer {i}, {layer!r}")
+            value = state[key]
+            ours[f"{i}.{mine}"] = value.T if isinstance(layer, Dense) and mine == "W" else value
+            expected.add(key)
+        if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+            expected.add(f"{i}.num_batches_tracked")
+    if set(state) - expected:
+        raise ValueError(f"unexpected tensors {sorted(set(state) - expected)}")
+    model.load_state_dict(ours)
+    return model
+
+
+def load_exported(path):
+    """(reference CNN in eval mode, its train.py settings) from a .safetensors file written by
+    export_checkpoint. CheckpointError with the reason if it is not one."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            settings = json.loads((f.metadata() or {}).get("settings", "{}"))
+        model = reference_cnn(batch_norm=bool(settings.get("bn", False)))
+        load_torch_state_dict(model, load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable export of the reference CNN "
+                              f"({exc})") from None
+    return model.eval(), settings
+
+
 def export_checkpoint(checkpoint, out):
     """Write the reference CNN of train.py checkpoint `checkpoint` to `out` (.safetensors).
 
@@ -83,7 +118,9 @@ def export_checkpoint(checkpoint, out):
         raise CheckpointError(f"{checkpoint} does not hold a reference CNN of train.py: "
                               f"{exc}") from None
     state = torch_state_dict(model)
-    save_file(state, str(out), metadata={"format": "pt", "settings": json.dumps(settings)})
+    # one metadata key: safetensors writes several in a random order, and the SHA-256 of a
+    # shipped file must not change when the same weights are exported again
+    save_file(state, str(out), metadata={"settings": json.dumps(settings, sort_keys=True)})
     return state
 
 

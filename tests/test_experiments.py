@@ -13,7 +13,6 @@ import attack
 import train
 from training import exercise
 from data.mnist import load_mnist
-from experiments import common
 from test_train import PNG, SMALL, assert_one_sentence, call, read_rows
 
 
@@ -92,20 +91,6 @@ def test_fooling(cli, checkpoint, tmp_path):
     assert r["fooling_rate"] == pytest.approx(np.mean(r["per_class_rate"]))
     assert "fooling images are classified as their target" in out
     assert (tmp_path / "fooling.png").read_bytes().startswith(PNG)
-
-
-def test_without_a_checkpoint_a_model_is_trained_once(cli, tmp_path, monkeypatch):
-    run_dir = tmp_path / "default-model"
-    monkeypatch.setattr(common, "DEFAULT_TRAINING",
-                        ("--mode", "standard", "--epochs", "1", *SMALL, "--out", str(run_dir)))
-    args = ("fooling", "--out", tmp_path / "fooling", "--images", 2)
-    code, out, err = cli(*args)
-    assert code == 0, err
-    assert "training: python train.py" in out and "epoch 1/1" in out
-    assert (run_dir / "checkpoint.npz").is_file()
-    code, out, err = cli(*args)
-    assert code == 0, err
-    assert "already has 1 epochs" in out and "epoch 1/1" not in out
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from data.mnist import load_mnist
 from nn import Sequential, reference_cnn
 from nn.checkpoint import load_checkpoint, section
-from nn.export import export_checkpoint, main, torch_state_dict
+from nn.export import export_checkpoint, load_exported, main, torch_state_dict
 from nn.layers import LeakyReLU
 from test_robust import checkpoints  # noqa: F401  (the fixture: tiny runs, plain and BN)
 from test_train import assert_one_sentence
@@ -55,6 +55,15 @@ def test_export_has_pytorch_names_shapes_dtypes_and_our_values(checkpoints, tmp_
         np.testing.assert_array_equal(state[f"{i}.{theirs}"], expected, err_msg=key)
     with safe_open(path, framework="numpy") as f:
         assert json.loads(f.metadata()["settings"]) == settings
+    # read back into our CNN: the same model; exported again: the same bytes (the SHA-256 of a
+    # shipped model must not change when it is made again)
+    back, back_settings = load_exported(path)
+    assert back_settings == settings and not back.training
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value, err_msg=key)
+    for _ in range(3):
+        export_checkpoint(checkpoint, tmp_path / "again.safetensors")
+        assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
 
 
 class LearnedSlope(LeakyReLU):

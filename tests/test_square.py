@@ -15,7 +15,6 @@ from attacks import ScoreOracle, eval_mode, square
 from attacks.square_attack import margins, p_schedule
 from helpers import assert_like
 from nn import Dense, Flatten, Sequential
-from nn.gradcheck import as_float64
 from test_apgd import backend_case, batch, tiny_model
 from test_attacks import seeds
 

@@ -1,0 +1,114 @@
+"""Make the shipped models from scratch: train, export, measure, write models/manifest.json.
+
+    python -m models.build                      # all three; about 4 CPU-hours on 2 cores
+    python -m models.build --names standard     # one of them
+
+Each model is a train.py run at the grid's settings, seed 0, in results/models/<name>-seed0 (a
+run there is resumed, a finished one reused, so an interrupted build continues). Its weights go
+to models/<name>.safetensors; it is measured on the test set: clean, FGS and FGV accuracy of its
+last epoch over all 10,000 images (from metrics.csv), 20-step PGD over the first --images, and
+the worst case of `attack.py robust` (AutoAttack's standard version) over the same images. The
+manifest is written after each model. A measurement already made for the same file (same
+SHA-256) is reused.
+"""
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import attack
+from attacks import evaluate, pgd_attack
+from data.mnist import MNISTError, load_mnist
+from experiments import robust
+from experiments.common import ExperimentError, train_model, write_json
+from nn.checkpoint import CheckpointError
+from nn.export import export_checkpoint
+from nn.backend import namespace_for
+from training.cli import HelpFormatter, positive_int
+
+import models
+
+RUNS = Path("results") / "models"
+
+
+def train(name):
+    """Train (or finish, or reuse) the run of model `name`; returns (its folder, the command)."""
+    flags = [*models.MODELS[name][1], "--seed", "0", "--out", str(RUNS / f"{name}-seed0")]
+    train_model(flags, namespace_for("cpu"))
+    return RUNS / f"{name}-seed0", "python train.py " + " ".join(flags)
+
+
+def measure(name, run, images):
+    """The manifest's accuracies of shipped model `name` (its file already written)."""
+    with open(run / "metrics.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    model, settings, _ = models.load(name)
+    x, t = load_mnist("test", limit=images)
+    t0 = time.perf_counter()
+    pgd = evaluate(model, x, t, {"pgd": pgd_attack(settings["alpha"], 20,
+                                                   np.random.default_rng(0))})
+    print(f"[{name}] PGD-20 on {images} test images: {100 * pgd['pgd_robust_acc']:.1f}% "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    args = attack.parse_args(["robust", "--images", str(images)])
+    report, _, _ = robust.worst_case(model, name, x, t, settings["alpha"], args,
+                                     np.random.default_rng(0))
+    write_json(run / "robust.json", {"sha256": models.sha256(models.path_of(name)),
+                                     "report": report})
+    return {"epochs": int(last["epoch"]), "eps": settings["alpha"],
+            "clean": float(last["clean_acc"]), "fgs": float(last["fgs_robust_acc"]),
+            "fgv": float(last["fgv_robust_acc"]), "test_images": int(last["n"]),
+            "attack_images": images, "pgd20": pgd["pgd_robust_acc"],
+            "robust": report["robust_acc"], "robust_se": report["robust_acc_se"],
+            "robust_attacks": {s["attack"]: s["robust_acc"] for s in report["attacks"]}}
+
+
+def build(name, images):
+    """Train, export and measure model `name`; returns its manifest entry."""
+    run, command = train(name)
+    path = models.path_of(name)
+    export_checkpoint(run / "checkpoint.npz", path)
+    digest, old = models.sha256(path), models.manifest().get(name, {})
+    entry = {"file": path.name, "sha256": digest, "bytes": path.stat().st_size,
+             "what": models.MODELS[name][0], "command": command, "run": str(run)}
+    write_manifest({**models.manifest(), name: {**old, **entry}})
+    if old.get("sha256") == digest and old.get("attack_images") == images:
+        print(f"[{name}] unchanged since its last measurement: kept", flush=True)
+        return {**old, **entry}
+    return {**entry, **measure(name, run, images)}
+
+
+def write_manifest(entries):
+    write_json(models.MANIFEST, {"made_by": "python -m models.build", "models": entries})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m models.build", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--names", nargs="+", choices=list(models.MODELS),
+                   default=list(models.MODELS), help="which models to make")
+    p.add_argument("--images", type=positive_int, default=1000,
+                   help="test images (the first N) for PGD-20 and attack.py robust")
+    args = p.parse_args(argv)
+    try:
+        for name in args.names:
+            entry = build(name, args.images)
+            write_manifest({**models.manifest(), name: entry})
+            print(f"[{name}] {models.path_of(name)}: {entry['bytes']} bytes, clean "
+                  f"{100 * entry['clean']:.2f}%, PGD-20 {100 * entry['pgd20']:.1f}%, worst case "
+                  f"{100 * entry['robust']:.1f}%", flush=True)
+    except (ExperimentError, MNISTError, CheckpointError, models.ModelError) as exc:
+        print(f"python -m models.build: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the runs keep their last epoch; the same command continues",
+              file=sys.stderr)
+        return 130
+    print(f"wrote {models.MANIFEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
