@@ -39,7 +39,7 @@ def served_models(names, images=1000):
     """{name: Served} of the shipped models, each with its accuracy on the first `images` test
     images (clean and under FGS at its eps, measured now; PGD-20 and the worst case of attack.py
     robust from the manifest), and the page's seed digits."""
-    from attacks import default_attacks, evaluate, predict
+    from attacks import default_attacks, evaluate
     from data.mnist import load_mnist
     from web.api import Served
 
@@ -52,12 +52,18 @@ def served_models(names, images=1000):
             "what": entry["what"], "eps": settings["alpha"], "images": images,
             "clean": r["clean_acc"], "fgs": r["fgs_robust_acc"], "pgd20": entry["pgd20"],
             "robust": entry["robust"], "attack_images": entry["attack_images"]})
-        if not seeds:  # eight digits the first model gets right, then the first it gets wrong
-            right = predict(model, x) == t
-            picks = [*np.flatnonzero(right)[:8], np.flatnonzero(~right)[0]]
-            seeds = [{"index": int(i), "label": int(t[i]), "image": x[i, 0].round(4).tolist()}
-                     for i in picks]
+        seeds = seeds or seed_digits(model, x, t)
     return served, seeds
+
+
+def seed_digits(model, x, t, n=8):
+    """The page's ready digits: the first n test images (x (N, 1, 28, 28), t (N,)) that `model`
+    classifies correctly, then the first one it gets wrong."""
+    from attacks import predict
+    right = predict(model, x) == t
+    picks = [*np.flatnonzero(right)[:n], *np.flatnonzero(~right)[:1]]
+    return [{"index": int(i), "label": int(t[i]), "image": x[i, 0].round(4).tolist()}
+            for i in picks]
 
 
 def main(argv=None):
