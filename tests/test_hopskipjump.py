@@ -1,4 +1,4 @@
-"""Tests for attacks/hopskipjump.py: the decision-based attack.
+"""Tests for attacks/hopskipjump_attack.py: the decision-based attack.
 
 On a linear two-class model the smallest perturbations have closed forms (|margin| / ||w||_2 in
 L2, |margin| / ||w||_1 in L-infinity, inside the box): HopSkipJump, asking only for labels,
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from attacks import LabelOracle, predict
-from attacks.hopskipjump import budget_curve, hopskipjump
+from attacks.hopskipjump_attack import budget_curve, hopskipjump
 from nn import Dense, Flatten, Sequential
 
 
