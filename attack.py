@@ -22,6 +22,8 @@ EXPERIMENTS = {
     "transfer": "attacks crafted on one network, tested on networks trained on the other half",
     "blackbox": "attack a label-only model through a substitute trained on its answers",
     "autoencoder": "a small input change that makes an autoencoder reconstruct another digit",
+    "decision": "HopSkipJump from labels alone (in-process or over the API), distortion "
+                "against queries",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
 }
 

@@ -25,8 +25,8 @@ from nn import Adam, reference_cnn
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
-from .common import ExperimentError, model_for, on_model, out_dir, progress, test_set
-from .common import write_csv, write_json
+from .common import (ExperimentError, add_api_arguments, label_oracle, model_for, on_model,
+                     out_dir, progress, test_set, write_csv, write_json)
 from .figures import plt
 from .transfer import craft
 
@@ -48,6 +48,7 @@ def add_arguments(p):
                    help="Adam steps that train each substitute, whatever its number of images")
     p.add_argument("--batch-size", type=positive_int, default=32, help="substitute batch size")
     p.add_argument("--lr", type=float_in(0, 1, low_open=True), default=1e-3, help="Adam step")
+    add_api_arguments(p)
 
 
 def fit_substitute(images, labels, args, xp, desc):
@@ -168,11 +169,11 @@ def run(args):
         f"{a.upper()} {100 * v:.1f}%" for a, v in whitebox.items()), flush=True)
     rows = []
     for method in args.methods:
-        oracle = LabelOracle(model, budget=args.budgets[-1])
+        oracle, counted = label_oracle(args, model, budget=args.budgets[-1])
         try:
-            for queries, sub in substitutes(method, oracle, pool, args, xp):
+            for _, sub in substitutes(method, oracle, pool, args, xp):
                 t0 = time.perf_counter()
-                row = {"method": method, "queries": queries,
+                row = {"method": method, "queries": counted(),  # the server's count over --api
                        "agreement": float(np.mean(predict(sub, held) == clean))}
                 for a, fn in attacks.items():
                     x_adv = craft(sub, held, clean, fn, f"{a} on the substitute")
@@ -181,7 +182,8 @@ def run(args):
                 row.update(eval_queries=len(held) * len(attacks), seconds=time.perf_counter() - t0)
                 rows.append(row)
                 write_csv(out / "blackbox.csv", rows)
-                print(f"{method}, {queries} queries: agreement {100 * row['agreement']:.1f}%, "
+                print(f"{method}, {row['queries']} queries: agreement "
+                      f"{100 * row['agreement']:.1f}%, "
                       f"success on the victim FGS {100 * row['fgs_success']:.1f}%, PGD "
                       f"{100 * row['pgd_success']:.1f}% (on the substitute "
                       f"{100 * row['fgs_success_on_substitute']:.0f}%, "

@@ -11,7 +11,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 import models
-from attacks import eval_mode
+from attacks import LabelOracle, eval_mode
 from data.mnist import load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
@@ -104,6 +104,29 @@ def run_name(path):
         except (OSError, SafetensorError, ValueError, KeyError):
             return path.stem
     return run_label(path.parent)
+
+
+def add_api_arguments(parser):
+    """--api and --api-key: attack the model behind serve.py's prediction API."""
+    parser.add_argument("--api", help="serve.py's URL (e.g. http://127.0.0.1:8000): ask the "
+                                      "model of --model there, through its prediction API, "
+                                      "instead of in-process")
+    parser.add_argument("--api-key", default="demo", help="the API key the attack spends")
+
+
+def label_oracle(args, model, budget=None):
+    """(the attacker's label oracle: `model` in-process, or the API's --model with --api; a
+    function giving the queries to report: the oracle's count, or the server's for the key)."""
+    if args.api is None:
+        oracle = LabelOracle(model, budget=budget)
+        return oracle, lambda: oracle.queries
+    from web.client import ApiError, ApiOracle
+    oracle = ApiOracle(args.api, args.api_key, model=args.model, budget=budget)
+    try:
+        start = oracle.usage()
+    except ApiError as exc:
+        raise ExperimentError(str(exc)) from None
+    return oracle, lambda: oracle.usage() - start
 
 
 def test_set(args, limit=None):

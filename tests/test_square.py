@@ -1,4 +1,5 @@
-"""Tests for attacks/square_attack.py: the Square attack, which sees a model only through a ScoreOracle.
+"""Tests for attacks/square_attack.py: the Square attack, which sees a model only through a
+ScoreOracle.
 
 - no gradient: it breaks an easy model whose every backward raises;
 - its procedure, read from the queries a recording oracle sees: stripes first, then one square

@@ -1,0 +1,107 @@
+"""Decision-based attack over the wire: HopSkipJump from labels alone, distortion against queries.
+
+For each of the first --images test images that the model classifies correctly, HopSkipJump
+(attacks/hopskipjump_attack.py) in L2 and in L-infinity, with at most max(--budgets) queries
+per image and norm, asks the model for labels only: in-process (a LabelOracle), or through
+serve.py's API with --api URL, where the server's count of the key's queries is the count
+reported. The best distortion found within each budget is read off each run's trace; its
+median over the images is set beside the white-box minimum of the same images (targeted PGD
+toward every wrong class, bisected over the L-infinity radius: attacks.smallest_targeted).
+Writes decision.json, decision.csv (one row per image, norm and budget) and decision.png.
+"""
+import time
+
+import numpy as np
+
+from attacks import hopskipjump, predict, smallest_targeted
+from attacks.hopskipjump_attack import budget_curve
+from training.cli import positive_int
+
+from .common import (add_api_arguments, host, label_oracle, model_for, on_model, out_dir,
+                     progress, run_name, test_set, write_csv, write_json)
+from .figures import plt
+from .targeted import pairs
+
+DEFAULTS = {"images": 100}
+NORMS = ("l2", "linf")
+
+
+def add_arguments(p):
+    p.add_argument("--budgets", type=positive_int, nargs="+",
+                   default=[100, 1000, 5000, 10000, 20000],
+                   help="query budgets per image and norm at which the distortion is read")
+    p.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS))
+    add_api_arguments(p)
+
+
+def whitebox_minimum(model, x, t):
+    """Per image, the smallest L-infinity radius at which targeted PGD reaches some wrong class
+    (bisected, resolution 1/256), and the L2 size of that image: ((N,), (N,))."""
+    index, target = pairs(t)
+    adv, eps, ok = smallest_targeted(model, on_model(model, x[index]), on_model(model, target),
+                                     searches=8)
+    l2 = np.sqrt(np.sum((host(adv) - x[index]) ** 2, axis=(1, 2, 3)))
+    linf_min, l2_min = np.full(len(x), np.inf), np.full(len(x), np.inf)
+    for i, e, d, s in zip(index, eps, l2, ok):
+        if s and e < linf_min[i]:
+            linf_min[i], l2_min[i] = e, d
+    return linf_min, l2_min
+
+
+def figure(path, summary, budgets, label):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, norm in zip(axes, NORMS):
+        if norm not in summary["hopskipjump"]:
+            continue
+        ax.plot(budgets, summary["hopskipjump"][norm], "o-", label="HopSkipJump (labels only)")
+        ax.axhline(summary["whitebox"][norm], color="k", ls="--",
+                   label="white-box PGD minimum (median)")
+        ax.set(xscale="log", xlabel="queries per image", ylabel=f"median {norm} distortion",
+               title=f"{label}: {norm.replace('linf', 'L-infinity').replace('l2', 'L2')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args):
+    model, path = model_for(args)
+    out = out_dir(args.out)
+    x, t = test_set(args)
+    keep = predict(model, x) == t
+    x, t = x[keep], t[keep]
+    label = run_name(path)
+    oracle, counted = label_oracle(args, model)
+    where = args.api or "in-process"
+    print(f"{label}: HopSkipJump ({', '.join(args.norms)}) on {len(x)} correctly classified test "
+          f"images, up to {max(args.budgets)} label queries each, {where}", flush=True)
+    rows, curves, t0 = [], {n: [] for n in args.norms}, time.perf_counter()
+    with progress(len(x) * len(args.norms), "HopSkipJump", unit="run") as bar:
+        for i in range(len(x)):
+            for norm in args.norms:
+                _, trace = hopskipjump(oracle, x[i], int(t[i]), norm, max(args.budgets),
+                                       np.random.default_rng([args.seed, i]))
+                curve = budget_curve(trace, args.budgets)
+                curves[norm].append([c[0 if norm == "l2" else 1] for c in curve])
+                rows += [{"image": i, "norm": norm, "budget": b, "l2": c[0], "linf": c[1]}
+                         for b, c in zip(args.budgets, curve)]
+                bar.update()
+    seconds, queries = time.perf_counter() - t0, counted()
+    linf_min, l2_min = whitebox_minimum(model, x, t)
+    summary = {"hopskipjump": {n: np.median(np.array(c), axis=0).tolist()
+                               for n, c in curves.items()},
+               "whitebox": {"linf": float(np.median(linf_min)), "l2": float(np.median(l2_min))}}
+    for norm in args.norms:
+        print(f"  {norm}: median distortion " + ", ".join(
+            f"{v:.3f} at {b}" for b, v in zip(args.budgets, summary["hopskipjump"][norm]))
+            + f" queries; white-box minimum {summary['whitebox'][norm]:.3f}", flush=True)
+    print(f"  {queries} queries counted by {'the server' if args.api else 'the oracle'} "
+          f"({seconds:.0f} s)", flush=True)
+    write_csv(out / "decision.csv", rows)
+    write_json(out / "decision.json", {"model": str(path), "label": label, "api": args.api,
+                                       "images": len(x), "budgets": args.budgets,
+                                       "queries_counted": queries, "seconds": seconds, **summary})
+    figure(out / "decision.png", summary, args.budgets, label)
+    print(f"wrote {out}/decision.json, decision.csv and decision.png")
+    return 0

@@ -1,0 +1,87 @@
+"""Attacks over the wire: HopSkipJump, Square and the substitute attack through serve.py's API.
+
+A real server on a loopback port serves a shipped model built by models.build (the tiny one of
+test_models); the attacks ask it through web/client.py (urllib), and the count they report is
+the server's, equal to what the client sent.
+"""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+
+import models  # noqa: E402
+from attacks import LabelOracle, hopskipjump, predict, square  # noqa: E402
+from data.mnist import load_mnist  # noqa: E402
+from test_experiments import cli  # noqa: E402,F401  (the fixture)
+from test_models import tiny  # noqa: E402,F401  (the fixture)
+from test_serve import Server  # noqa: E402
+from web.api import Served, make_app  # noqa: E402
+from web.client import ApiError, ApiOracle  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def api(tiny):  # noqa: F811
+    model, _, _ = models.load("tiny")
+    server = Server(make_app({"tiny": Served(model, {})}, keys=["k", "spare"]))
+    yield server.url, model
+    server.stop()
+
+
+def test_hopskipjump_over_http_counts_what_the_server_counts(api):
+    url, model = api
+    x, t = load_mnist("test", limit=20)
+    i = int(np.flatnonzero(predict(model, x) == t)[0])
+    remote, local = ApiOracle(url, "spare", model="tiny"), LabelOracle(model)
+    before = remote.usage()
+    adv, trace = hopskipjump(remote, x[i], int(t[i]), "l2", 300, np.random.default_rng(0))
+    assert remote.usage() - before == remote.queries <= 300 and trace[-1][0] <= remote.queries
+    assert predict(model, adv[None])[0] != t[i]
+    _, local_trace = hopskipjump(local, x[i], int(t[i]), "l2", 300, np.random.default_rng(0))
+    assert trace[0][0] == local_trace[0][0]  # the same start, asked the same way
+
+
+def test_square_runs_over_http_on_scores(api):
+    url, model = api
+    x, t = load_mnist("test", limit=6)
+    oracle = ApiOracle(url, "spare", model="tiny", output="scores")
+    before = oracle.usage()
+    adv = square(oracle, x, t, 0.3, n_queries=30, rng=np.random.default_rng(0))
+    assert oracle.usage() - before == oracle.queries > 0
+    assert np.abs(adv - x).max() <= 0.3 + 1e-6
+
+
+def test_attack_py_decision_over_the_api(api, cli, tmp_path):  # noqa: F811
+    url, _ = api
+    code, out, err = cli("decision", "--model", "tiny", "--api", url, "--api-key", "k",
+                         "--images", 6, "--budgets", 50, 150, "--out", tmp_path)
+    assert code == 0, err
+    r = json.loads((tmp_path / "decision.json").read_text())
+    assert r["api"] == url and r["queries_counted"] <= r["images"] * 2 * 150
+    assert r["queries_counted"] == ApiOracle(url, "k").usage()  # the server's count
+    for norm in ("l2", "linf"):
+        curve = r["hopskipjump"][norm]
+        assert len(curve) == 2 and curve[1] <= curve[0]
+    assert f"queries counted by the server" in out
+    assert (tmp_path / "decision.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_attack_py_blackbox_over_the_api(api, cli, tmp_path):  # noqa: F811
+    url, _ = api
+    before = ApiOracle(url, "spare").usage()
+    code, out, err = cli("blackbox", "--model", "tiny", "--api", url, "--api-key", "spare",
+                         "--images", 10, "--budgets", 20, 40, "--methods", "random",
+                         "--substitute-steps", 3, "--out", tmp_path)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "blackbox.json").read_text())["rows"]
+    assert [r["queries"] for r in rows] == [20, 40]  # counted by the server
+    assert ApiOracle(url, "spare").usage() - before == 40
+
+
+def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):  # noqa: F811
+    code, out, err = cli("decision", "--model", "tiny", "--api", "http://127.0.0.1:9",
+                         "--images", 2, "--out", tmp_path)
+    assert code == 1 and "cannot reach http://127.0.0.1:9" in err and err.count("\n") == 1
+    with pytest.raises(ApiError):
+        ApiOracle("http://127.0.0.1:9", "k").usage()
