@@ -20,7 +20,7 @@ from pathlib import Path
 
 from training.cli import (HelpFormatter, RunError, TrainingError, int_at_least, positive_int,
                           run_cli)
-from training.grid import execute, plan
+from training.grid import execute, plan, refuse_to_lose_epochs
 from training.report import BLOCK, update_readme, write_report
 
 PROG = "grid.py"
@@ -83,13 +83,14 @@ def run(args):
     reference = [("pgd", b, 0, args.reference_epochs) for b in (False, True)
                  if args.reference_epochs and "pgd" not in args.modes]
     grid = plan(args.modes, bn, args.seeds, args.epochs, extra, args.runs, reference)
+    if not args.retrain:
+        refuse_to_lose_epochs(grid)
     runs = f"{len(grid)} run{'s' * (len(grid) > 1)}"
     print(f"grid of {runs} in {args.runs}/, {args.jobs} at a time", flush=True)
     # `kill` (SIGTERM) stops a background grid as Ctrl-C does: its children too, not only itself
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True),
-                         retrain=args.retrain)
+        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failed:

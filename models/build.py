@@ -80,6 +80,21 @@ def build(name, images):
     return {**entry, **measure(name, run, images)}
 
 
+def table(entries):
+    """The manifest as a Markdown table (the README's), in %: clean, FGS and FGV over all test
+    images; PGD-20 and after each of AutoAttack's attacks in turn over the first N."""
+    head = ["model", "epochs", "clean", "FGS", "FGV", "PGD-20", "APGD-CE", "+ APGD-T", "+ FAB-T",
+            "+ Square: worst case"]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, e in entries.items():
+        steps = [e["robust_attacks"][a] for a in ("apgd-ce", "apgd-t", "fab-t", "square")]
+        cells = [f"{100 * v:.1f}" for v in (e["clean"], e["fgs"], e["fgv"], e["pgd20"],
+                                            *steps[:-1])]
+        rows.append(f"| {name} | {e['epochs']} | " + " | ".join(cells)
+                    + f" | **{100 * steps[-1]:.1f}** ± {100 * e['robust_se']:.1f} |")
+    return "\n".join(rows)
+
+
 def write_manifest(entries):
     write_json(models.MANIFEST, {"made_by": "python -m models.build", "models": entries})
 
@@ -91,7 +106,12 @@ def main(argv=None):
                    default=list(models.MODELS), help="which models to make")
     p.add_argument("--images", type=positive_int, default=1000,
                    help="test images (the first N) for PGD-20 and attack.py robust")
+    p.add_argument("--table", action="store_true",
+                   help="only print the manifest as the README's Markdown table")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(models.manifest()))
+        return 0
     try:
         for name in args.names:
             entry = build(name, args.images)
@@ -106,7 +126,7 @@ def main(argv=None):
         print("\ninterrupted: the runs keep their last epoch; the same command continues",
               file=sys.stderr)
         return 130
-    print(f"wrote {models.MANIFEST}")
+    print(f"wrote {models.MANIFEST}\n\n{table(models.manifest())}")
     return 0
 
 

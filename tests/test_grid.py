@@ -236,7 +236,8 @@ def test_grid_runs_skips_and_resumes_real_runs(tmp_path, capsys):
                    "checkpoint to continue from: asking for 3 would train it again from epoch 1 "
                    "and replace those metrics; add --retrain to do so\n")
     assert (tmp_path / "standard-seed0-t96-e40" / "metrics.csv").read_bytes() == before
-    code, out, err = run_grid(capsys, *argv, "--retrain")
+    code, out, err = run_grid(
+        capsys, *argv[:argv.index("--")], "--retrain", *argv[argv.index("--"):])
     assert code == 0, err
     assert ("[standard-seed1-t96-e40] run 2 of 2: starting again (its 2 epochs have no "
             "checkpoint), 3 epochs") in out
@@ -289,9 +290,6 @@ class SelfStopping:
         return 1
 
     def finished(self):
-        return False
-
-    def would_lose_epochs(self):
         return False
 
     def command(self):

@@ -58,6 +58,10 @@ def test_build_trains_exports_measures_and_writes_the_manifest(tiny, capsys):
     assert build.main(["--images", "8"]) == 0  # again: nothing to train, nothing to measure
     out = capsys.readouterr().out
     assert "already has 1 epochs" in out and "unchanged since its last measurement" in out
+    assert build.main(["--table"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith(f"| tiny | 1 | {100 * entry['clean']:.1f} | ")
+    assert row.endswith(f"| **{100 * entry['robust']:.1f}** ± {100 * entry['robust_se']:.1f} |")
 
 
 def test_a_changed_file_fails_its_sha256_in_one_sentence(tiny, tmp_path):

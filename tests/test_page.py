@@ -28,10 +28,11 @@ from web.api import Served, make_app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    """The page over the shipped models where they are built, else over a CNN trained for one
-    epoch on 2,000 images."""
-    if set(models.manifest()) == set(models.MODELS):
-        served, seeds = serve.served_models(list(models.MODELS))
+    """The page over the shipped models that are built, else over a CNN trained for one epoch
+    on 2,000 images."""
+    shipped = [name for name in models.MODELS if name in models.manifest()]
+    if shipped:
+        served, seeds = serve.served_models(shipped)
     else:
         run = tmp_path_factory.mktemp("page") / "run"
         assert call(train.main, ["--train-limit", 2000, "--test-limit", 100, "--epochs", 1,

@@ -76,17 +76,20 @@ def plan(modes, bn, seeds, epochs, extra, runs, reference=()):
     return grid
 
 
-def execute(grid, jobs, log=print, poll=2.0, retrain=False):
-    """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that did not finish
-    (failed, or stopped by a signal). A TrainingError before anything trains if a run would
-    start again over epochs it has (no checkpoint) and not `retrain`."""
+def refuse_to_lose_epochs(grid):
+    """TrainingError if a run of `grid` would start again over epochs it has (no checkpoint)."""
     lost = [r for r in grid if r.would_lose_epochs()]
-    if lost and not retrain:
+    if lost:
         raise TrainingError(
             f"{', '.join(f'{r.out} has {r.done_epochs()} epochs' for r in lost)} but no "
             f"checkpoint to continue from: asking for {lost[0].epochs} would train "
             f"{'them' if len(lost) > 1 else 'it'} again from epoch 1 and replace those metrics; "
             "add --retrain to do so")
+
+
+def execute(grid, jobs, log=print, poll=2.0):
+    """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that did not finish
+    (failed, or stopped by a signal)."""
     todo = [r for r in grid if not r.finished()]
     for r in grid:
         if r not in todo:
