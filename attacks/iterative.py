@@ -57,7 +57,25 @@ def put_rows(x, index, rows):
     return take_rows(xp_of(x).concat([x, rows], axis=0), source)
 
 
-def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, keep_first=True):
+def expected_gradient(model, x, labels, transform=None, samples=1, rng=None):
+    """(logits of x or None, dJ/dx) of the cross-entropy J: of J(x) itself without a transform;
+    with a family of random transformations (nn/transforms.py), Expectation over Transformation
+    (Athalye et al. 2018): `samples` fresh transformations T_k drawn from host generator rng,
+    and mean_k dJ(T_k(x))/dx = mean_k T_k^T (dJ/dT_k(x)), each through the transform's backward.
+    """
+    if transform is None:
+        r = loss_and_gradients(model, x, labels, param_grads=False)
+        return r.logits, r.dx
+    total = 0.0
+    for _ in range(samples):
+        tx, cache = transform.forward(x, transform.sample(rng, x.shape))
+        total = total + transform.backward(
+            loss_and_gradients(model, tx, labels, param_grads=False).dx, cache)
+    return None, total / samples
+
+
+def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, keep_first=True,
+                 transform=None, samples=1, rng=None):
     """`steps` projected signed-gradient steps from `start` (default x) within eps of x.
 
     x (N, C, H, W) in [0, 1]; labels (N,) the classes whose cross-entropy J is followed;
@@ -69,7 +87,11 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
     untargeted, == labels when targeted), so that an image broken by any iterate counts as
     broken even if later steps wander back; the last iterate where none succeeds. Each step's
     forward pass already classifies its iterate; only the last iterate costs one more forward.
+    transform, samples, rng: follow the expected gradient over random transformations instead
+    (`expected_gradient`); keep_first must then be False (success depends on the transform).
     """
+    if transform is not None and keep_first:
+        raise ValueError("signed_steps: with a transform, keep_first must be False")
     xp = xp_of(x)
     eps, step = per_image(eps, x), per_image(step, x)
     low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
@@ -82,8 +104,7 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
                 logits, dx = model.forward(x_adv), None
                 model.clear_caches()
             else:
-                r = loss_and_gradients(model, x_adv, labels, param_grads=False)
-                logits, dx = r.logits, r.dx
+                logits, dx = expected_gradient(model, x_adv, labels, transform, samples, rng)
             if keep_first:
                 hit = (xp.argmax(logits, axis=1) == labels) == (direction < 0)
                 first, found = keep_first_hit(first, found, x_adv, hit)
@@ -115,6 +136,20 @@ def pgd(model, x, t, eps=0.3, step=None, steps=20, random_start=False, rng=None,
     start = uniform_start(x, eps, rng) if random_start else None
     return signed_steps(model, x, t, eps, step, steps, direction=1.0, start=start,
                         keep_first=keep_first)
+
+
+def eot_pgd(model, x, t, transform, eps=0.3, step=None, steps=20, samples=10, rng=None,
+            target=None):
+    """PGD on the expectation over a family of random transformations (EOT, Athalye et al.
+    2018): every step draws `samples` fresh transformations per image from `transform` with host
+    generator rng and follows the sign of the mean gradient through them. Untargeted (climbs
+    the cross-entropy of t (N,)), or targeted toward `target` (N,). Returns the last iterate,
+    like x; |x_adv - x| <= eps, 0 <= x_adv <= 1. A family that is the identity gives PGD.
+    """
+    step = 2.5 * eps / steps if step is None else step
+    labels, direction = (t, 1.0) if target is None else (target, -1.0)
+    return signed_steps(model, x, labels, eps, step, steps, direction=direction,
+                        keep_first=False, transform=transform, samples=samples, rng=rng)
 
 
 def targeted_pgd(model, x, target, eps=0.3, step=None, steps=20):
