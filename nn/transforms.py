@@ -29,48 +29,81 @@ def _clip_mask(pre):
     return xp.clip(pre, 0.0, 1.0), xp.astype((pre > 0.0) & (pre < 1.0), pre.dtype)
 
 
-# --- linear maps: out = A x (per image), dx = A^T dout ---------------------------------------
+# --- the warp: bilinear resampling by an affine map ------------------------------------------
+# Output pixel (i, j), at normalised coordinates (u, v) = ((2j + 1) / W - 1, (2i + 1) / H - 1)
+# (PyTorch's affine_grid, align_corners=False), reads the input at theta @ (u, v, 1): pixel
+# coordinates (px, py), mixed from its 4 neighbours (X, Y) with the tent weights
+# max(0, 1 - |px - X|) max(0, 1 - |py - Y|); neighbours outside the image count as 0.
 
-def warp_operator(theta, H, W, dtype=np.float64):
-    """Host (N, H W, H W) matrices (of `dtype`) of bilinear resampling by affine maps theta
-    (N, 2, 3); for 28x28 images 2.5 MB an image in float32.
-
-    Output pixel (i, j) at normalised coordinates (u, v) = ((2j + 1) / W - 1, (2i + 1) / H - 1)
-    (PyTorch's affine_grid, align_corners=False) reads the input at theta @ (u, v, 1), mixing
-    its 4 neighbours with bilinear weights; neighbours outside the image count as 0.
-    """
+def _source(theta, H, W):
+    """Host (N, H W) pixel coordinates px, py that each output pixel reads, for theta (N, 2, 3)."""
     v, u = np.meshgrid((2 * np.arange(H) + 1) / H - 1, (2 * np.arange(W) + 1) / W - 1,
                        indexing="ij")
-    grid = np.stack([u.ravel(), v.ravel(), np.ones(H * W)])          # (3, HW)
-    src = np.asarray(theta, dtype=np.float64) @ grid                 # (N, 2, HW)
-    px, py = ((src[:, 0] + 1) * W - 1) / 2, ((src[:, 1] + 1) * H - 1) / 2
+    src = np.asarray(theta, dtype=np.float64) @ np.stack([u.ravel(), v.ravel(), np.ones(H * W)])
+    return ((src[:, 0] + 1) * W - 1) / 2, ((src[:, 1] + 1) * H - 1) / 2
+
+
+def _tent(d):
+    return np.maximum(0.0, 1.0 - np.abs(d))
+
+
+def warp_forward(x, theta, window=3):
+    """x (N, C, H, W), theta (N, 2, 3) host -> (out like x, cache): out[q] = sum over the 4
+    neighbours p of q's source point of tent weight * x[p], gathered with xp.take.
+
+    The backward needs, for each input pixel p, the output pixels q that read it; they lie
+    within `window` pixels of where the inverse map sends p (enough for any rotation and for
+    scales down to 1 / (window - 1.5)), and their weights are the same tents, computed again.
+    """
+    N, C, H, W = x.shape
+    px, py = _source(theta, H, W)
     x0, y0 = np.floor(px), np.floor(py)
-    op = np.zeros((len(src), H * W, H * W), dtype=dtype)
-    cells = np.arange(H * W)
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        xs, ys = x0 + dx, y0 + dy
-        weight = (1 - np.abs(px - xs)) * (1 - np.abs(py - ys))
-        inside = (xs >= 0) & (xs < W) & (ys >= 0) & (ys < H)
-        index = np.where(inside, ys * W + xs, -1)
-        # one-hot rows instead of a scatter: op[n, p, index[n, p]] += weight[n, p]
-        op += (index[:, :, None] == cells) * np.where(inside, weight, 0)[:, :, None].astype(dtype)
-    return op
+    corners = [(x0 + dx, y0 + dy) for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    index = np.stack([np.clip(Y, 0, H - 1) * W + np.clip(X, 0, W - 1) for X, Y in corners], 1)
+    weight = np.stack([_tent(px - X) * _tent(py - Y) * ((X >= 0) & (X < W) & (Y >= 0) & (Y < H))
+                       for X, Y in corners], 1)                                    # (N, 4, HW)
+    out = _gather(x, index, weight)
+    # the adjoint: input pixel p, output pixels q in a window around theta^-1 (p)
+    A = np.asarray(theta, dtype=np.float64)
+    inverse = np.linalg.inv(np.concatenate([A, np.tile([[[0.0, 0.0, 1.0]]], (N, 1, 1))], 1))
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    un, vn = (2 * cols.ravel() + 1) / W - 1, (2 * rows.ravel() + 1) / H - 1
+    back = inverse[:, :2] @ np.stack([un, vn, np.ones(H * W)])                     # (N, 2, HW)
+    qj, qi = np.round(((back[:, 0] + 1) * W - 1) / 2), np.round(((back[:, 1] + 1) * H - 1) / 2)
+    offsets = [(a, b) for a in range(-window, window + 1) for b in range(-window, window + 1)]
+    j = np.stack([qj + b for a, b in offsets], 1)                                  # (N, K, HW)
+    i = np.stack([qi + a for a, b in offsets], 1)
+    inside = (i >= 0) & (i < H) & (j >= 0) & (j < W)
+    q = np.where(inside, i * W + j, 0).astype(np.int64)
+    sx, sy = (np.take_along_axis(px[:, None, :].repeat(len(offsets), 1), q, 2),
+              np.take_along_axis(py[:, None, :].repeat(len(offsets), 1), q, 2))
+    adjoint = _tent(sx - cols.ravel()) * _tent(sy - rows.ravel()) * inside
+    return out, (q, adjoint)
 
 
-def linear_forward(x, op):
-    """out[n, c] = op[n] @ x[n, c] (flattened): x (N, C, H, W), op (N, HW, HW) -> like x."""
+def warp_backward(dout, cache):
+    """dx[p] = sum over the window's q of tent weight * dout[q] (the forward's transpose)."""
+    q, adjoint = cache
+    return _gather(dout, q, adjoint)
+
+
+def _gather(x, index, weight):
+    """out[n, c, p] = sum_k weight[n, k, p] * x[n, c, index[n, k, p]]: host index and weight
+    (N, K, HW), one flat gather per image row offset (n * C + c) * HW."""
     xp = xp_of(x)
     N, C, H, W = x.shape
-    flat = xp.reshape(x, (N, C, H * W))
-    return xp.reshape(flat @ xp.permute_dims(op, (0, 2, 1)), x.shape), op
+    K = index.shape[1]
+    rows = (np.arange(N)[:, None] * C + np.arange(C)[None, :]) * (H * W)           # (N, C)
+    flat = (rows[:, :, None, None] + index[:, None]).reshape(-1)                  # (N C K HW)
+    picked = xp.reshape(xp.take(xp.reshape(x, (-1,)), _on_int(flat, x)), (N, C, K, H * W))
+    return xp.reshape(xp.sum(picked * _on(weight[:, None], x), axis=2), x.shape)
 
 
-def linear_backward(dout, op):
-    """dx[n, c] = op[n]^T @ dout[n, c]."""
-    xp = xp_of(dout)
-    N, C, H, W = dout.shape
-    return xp.reshape(xp.reshape(dout, (N, C, H * W)) @ op, dout.shape)
+def _on_int(host, like):
+    return xp_of(like).asarray(host.astype(np.int64), device=device_of(like))
 
+
+# --- linear maps given as matrices --------------------------------------------------------------
 
 def blur_matrices(sigma, size):
     """Host (N, size, size) row-normalised Gaussian smoothing matrices, one per sigma (N,)."""
@@ -141,12 +174,8 @@ class Warp:
         cos, sin = np.cos(a) / s, np.sin(a) / s
         return np.stack([np.stack([cos, -sin, t[:, 0]], 1), np.stack([sin, cos, t[:, 1]], 1)], 1)
 
-    def forward(self, x, theta):
-        single = x.dtype == xp_of(x).float32
-        op = warp_operator(theta, x.shape[2], x.shape[3], np.float32 if single else np.float64)
-        return linear_forward(x, _on(op, x))
-
-    backward = staticmethod(linear_backward)
+    forward = staticmethod(warp_forward)
+    backward = staticmethod(warp_backward)
 
 
 class Blur:

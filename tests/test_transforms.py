@@ -41,6 +41,38 @@ def test_backward_matches_finite_differences(make, seed):
     assert check_backward(make(), seed) < 1e-6
 
 
+def warp_reference(x, theta):
+    """The slow reference: the warp as a dense (HW, HW) matrix per image, built pixel by pixel
+    from the 4 neighbours of each output pixel's source point."""
+    N, C, H, W = x.shape
+    out = np.zeros_like(x)
+    for n in range(N):
+        M = np.zeros((H * W, H * W))
+        for i in range(H):
+            for j in range(W):
+                u, v = (2 * j + 1) / W - 1, (2 * i + 1) / H - 1
+                sx, sy = theta[n] @ [u, v, 1]
+                px, py = ((sx + 1) * W - 1) / 2, ((sy + 1) * H - 1) / 2
+                for X in (int(np.floor(px)), int(np.floor(px)) + 1):
+                    for Y in (int(np.floor(py)), int(np.floor(py)) + 1):
+                        if 0 <= X < W and 0 <= Y < H:
+                            M[i * W + j, Y * W + X] += (1 - abs(px - X)) * (1 - abs(py - Y))
+        out[n] = (x[n].reshape(C, -1) @ M.T).reshape(C, H, W)
+    return out
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 1.5])
+def test_the_warp_is_the_dense_reference_and_its_backward_the_transpose(strength):
+    rng = np.random.default_rng(int(10 * strength))
+    x, y = rng.uniform(0, 1, (3, 2, 9, 9)), rng.standard_normal((3, 2, 9, 9))
+    family = Warp(strength, 30, 0.1, 0.2)
+    theta = family.sample(rng, x.shape)
+    out, cache = family.forward(x, theta)
+    np.testing.assert_allclose(out, warp_reference(x, theta), atol=1e-12)
+    # <W x, y> = <x, W^T y>: the window of the backward missed no output pixel
+    assert np.sum(out * y) == pytest.approx(np.sum(x * family.backward(y, cache)), rel=1e-12)
+
+
 def test_rotation_by_90_degrees_is_rot90_and_the_identity_changes_nothing():
     x = np.random.default_rng(0).uniform(0, 1, (3, 1, 28, 28))
     quarter = np.array([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]] * 3)
