@@ -35,56 +35,63 @@ def _clip_mask(pre):
 # coordinates (px, py), mixed from its 4 neighbours (X, Y) with the tent weights
 # max(0, 1 - |px - X|) max(0, 1 - |py - Y|); neighbours outside the image count as 0.
 
-def _source(theta, H, W):
-    """Host (N, H W) pixel coordinates px, py that each output pixel reads, for theta (N, 2, 3)."""
-    v, u = np.meshgrid((2 * np.arange(H) + 1) / H - 1, (2 * np.arange(W) + 1) / W - 1,
-                       indexing="ij")
-    src = np.asarray(theta, dtype=np.float64) @ np.stack([u.ravel(), v.ravel(), np.ones(H * W)])
-    return ((src[:, 0] + 1) * W - 1) / 2, ((src[:, 1] + 1) * H - 1) / 2
+def _source(theta, i, j, H, W):
+    """Pixel coordinates (px, py) that output pixels (i, j) read under theta (N, 2, 3): host
+    arrays; i and j integer arrays that broadcast against (N, ...)."""
+    t = np.asarray(theta, dtype=np.float64).reshape(-1, 2, 3, *([1] * (np.ndim(i) - 1)))
+    u, v = (2 * j + 1) / W - 1, (2 * i + 1) / H - 1
+    px = ((t[:, 0, 0] * u + t[:, 0, 1] * v + t[:, 0, 2] + 1) * W - 1) / 2
+    py = ((t[:, 1, 0] * u + t[:, 1, 1] * v + t[:, 1, 2] + 1) * H - 1) / 2
+    return px, py
 
 
 def _tent(d):
     return np.maximum(0.0, 1.0 - np.abs(d))
 
 
-def warp_forward(x, theta, window=3):
+def warp_forward(x, theta):
     """x (N, C, H, W), theta (N, 2, 3) host -> (out like x, cache): out[q] = sum over the 4
-    neighbours p of q's source point of tent weight * x[p], gathered with xp.take.
-
-    The backward needs, for each input pixel p, the output pixels q that read it; they lie
-    within `window` pixels of where the inverse map sends p (enough for any rotation and for
-    scales down to 1 / (window - 1.5)), and their weights are the same tents, computed again.
-    """
+    neighbours p of q's source point of tent weight * x[p], gathered with xp.take."""
     N, C, H, W = x.shape
-    px, py = _source(theta, H, W)
+    rows, cols = np.divmod(np.arange(H * W), W)
+    px, py = _source(theta, rows[None], cols[None], H, W)                          # (N, HW)
     x0, y0 = np.floor(px), np.floor(py)
     corners = [(x0 + dx, y0 + dy) for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1))]
     index = np.stack([np.clip(Y, 0, H - 1) * W + np.clip(X, 0, W - 1) for X, Y in corners], 1)
     weight = np.stack([_tent(px - X) * _tent(py - Y) * ((X >= 0) & (X < W) & (Y >= 0) & (Y < H))
                        for X, Y in corners], 1)                                    # (N, 4, HW)
-    out = _gather(x, index, weight)
-    # the adjoint: input pixel p, output pixels q in a window around theta^-1 (p)
+    return _gather(x, index, weight), theta
+
+
+def warp_backward(dout, theta):
+    """dx[p] = sum over q of tent weight * dout[q]: the forward's transpose, gathered.
+
+    The output pixels q that read input pixel p lie around the point q0 that the inverse map
+    sends p to, at most r = ceil(||A^-1||_inf + 1/2) pixels away in each direction (A the 2x2
+    part of theta, in pixel units; 2 for small warps): a (2r + 1)^2 window whose weights are the
+    forward's tents again. A source coordinate is affine in q, so over the window it is the
+    centre's plus a constant per offset.
+    """
+    N, C, H, W = dout.shape
     A = np.asarray(theta, dtype=np.float64)
     inverse = np.linalg.inv(np.concatenate([A, np.tile([[[0.0, 0.0, 1.0]]], (N, 1, 1))], 1))
-    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    un, vn = (2 * cols.ravel() + 1) / W - 1, (2 * rows.ravel() + 1) / H - 1
-    back = inverse[:, :2] @ np.stack([un, vn, np.ones(H * W)])                     # (N, 2, HW)
-    qj, qi = np.round(((back[:, 0] + 1) * W - 1) / 2), np.round(((back[:, 1] + 1) * H - 1) / 2)
-    offsets = [(a, b) for a in range(-window, window + 1) for b in range(-window, window + 1)]
-    j = np.stack([qj + b for a, b in offsets], 1)                                  # (N, K, HW)
-    i = np.stack([qi + a for a, b in offsets], 1)
+    pixel = np.array([[1.0, W / H], [H / W, 1.0]])  # normalised units differ when H != W
+    r = int(np.ceil(np.max(np.abs(inverse[:, :2, :2] * pixel).sum(axis=2)) + 0.5))
+    rows, cols = np.divmod(np.arange(H * W), W)
+    back = inverse[:, :2] @ np.stack([(2 * cols + 1) / W - 1, (2 * rows + 1) / H - 1,
+                                      np.ones(H * W)])                             # (N, 2, HW)
+    qj = np.round(((back[:, 0] + 1) * W - 1) / 2)
+    qi = np.round(((back[:, 1] + 1) * H - 1) / 2)
+    cx, cy = _source(theta, qi, qj, H, W)                       # the window centre's source
+    a, b = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
+    a, b = (a - r)[None, :, None], (b - r)[None, :, None]       # offsets (1, K, 1) in i and j
+    t = A[:, :, :2, None, None]  # dpx/dj = t00, dpx/di = t01 W/H, dpy/dj = t10 H/W, dpy/di = t11
+    sx = cx[:, None] + t[:, 0, 0] * b + t[:, 0, 1] * (W / H) * a
+    sy = cy[:, None] + t[:, 1, 0] * (H / W) * b + t[:, 1, 1] * a
+    i, j = qi[:, None] + a, qj[:, None] + b
     inside = (i >= 0) & (i < H) & (j >= 0) & (j < W)
-    q = np.where(inside, i * W + j, 0).astype(np.int64)
-    sx, sy = (np.take_along_axis(px[:, None, :].repeat(len(offsets), 1), q, 2),
-              np.take_along_axis(py[:, None, :].repeat(len(offsets), 1), q, 2))
-    adjoint = _tent(sx - cols.ravel()) * _tent(sy - rows.ravel()) * inside
-    return out, (q, adjoint)
-
-
-def warp_backward(dout, cache):
-    """dx[p] = sum over the window's q of tent weight * dout[q] (the forward's transpose)."""
-    q, adjoint = cache
-    return _gather(dout, q, adjoint)
+    adjoint = _tent(sx - cols) * _tent(sy - rows) * inside
+    return _gather(dout, np.where(inside, i * W + j, 0).astype(np.int64), adjoint)
 
 
 def _gather(x, index, weight):
