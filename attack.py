@@ -24,6 +24,8 @@ EXPERIMENTS = {
     "autoencoder": "a small input change that makes an autoencoder reconstruct another digit",
     "decision": "HopSkipJump from labels alone (in-process or over the API), distortion "
                 "against queries",
+    "physical": "destruction rates of FGS, PGD, least-likely and EOT-PGD under camera-like "
+                "transformations",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
 }
 
