@@ -1,0 +1,99 @@
+"""Attacks that one perturbation makes on every image: the adversarial patch and the universal
+perturbation.
+
+Adversarial patch (Brown et al. 2017): a small square of free pixels, pasted anywhere on any
+image (a random place, a small random rotation and scale: the warp of nn/transforms.py), trained
+so that the model answers one target class. The pasted image is (1 - m) x + w(c), with c the
+patch on an empty canvas, m its mask and w the warp: its gradient reaches the patch through the
+warp's backward, summed over the batch. The patch is unconstrained except for [0, 1].
+
+Universal perturbation (Moosavi-Dezfooli et al. 2017): one v with |v| <= eps added to every
+image. Fitted here by signed steps up the mean cross-entropy of a stream of training batches
+(projected onto the eps ball), a stochastic-gradient variant of the paper's DeepFool-based
+loop; reported on other images than those it was fitted on.
+"""
+import numpy as np
+
+from nn import first_param
+from nn.backend import device_of, to_device, to_numpy, xp_of
+from nn.transforms import Warp, warp_backward, warp_forward
+
+from .gradient import eval_mode, loss_and_gradients
+
+
+def _like(host, x):
+    """Host array as an array of x's namespace, device and dtype."""
+    return xp_of(x).asarray(host, dtype=x.dtype, device=device_of(x))
+
+
+def patch_canvas(patch, size=28):
+    """(canvas, mask): the patch (s, s) host at the centre of an empty (size, size) image."""
+    s = patch.shape[-1]
+    top = (size - s) // 2
+    canvas, mask = np.zeros((size, size)), np.zeros((size, size))
+    canvas[top:top + s, top:top + s], mask[top:top + s, top:top + s] = patch, 1.0
+    return canvas, mask
+
+
+def placements(rng, n, side, size=28, max_degrees=10.0, max_zoom=0.1):
+    """Host theta (n, 2, 3): a random place where the patch of `side` fits, a rotation up to
+    +-max_degrees and a scale in 1 +- max_zoom (Warp's parameters plus a shift)."""
+    theta = Warp(1.0, max_degrees, 0.0, max_zoom).sample(rng, (n, 1, size, size))
+    room = (size - side) / size  # normalised half-range that keeps the patch inside
+    theta[:, :, 2] = rng.uniform(-room, room, (n, 2))
+    return theta
+
+
+def paste(x, patch, theta):
+    """x (N, 1, H, W) with the patch pasted by theta (N, 2, 3): (pasted like x, cache)."""
+    xp = xp_of(x)
+    canvas, mask = (_like(np.broadcast_to(a, x.shape).copy(), x)
+                    for a in patch_canvas(patch, x.shape[-1]))
+    placed, _ = warp_forward(canvas, theta)
+    m, _ = warp_forward(mask, theta)
+    return xp.clip((1 - m) * x + placed, 0.0, 1.0), theta
+
+
+def patch_gradient(dout, theta, side):
+    """d loss / d patch (side, side) host, from d loss / d pasted image dout (N, 1, H, W)."""
+    canvas = to_numpy(warp_backward(dout, theta)).sum(axis=(0, 1))
+    top = (canvas.shape[0] - side) // 2
+    return canvas[top:top + side, top:top + side]
+
+
+def train_patch(model, images, target, side, steps=300, batch=64, lr=0.02, rng=None):
+    """A patch (side, side) host that sends pasted images toward class `target`: signed steps
+    down the cross-entropy of the target, each on a batch of host `images` (N, 1, 28, 28) with
+    fresh random placements (host generator rng); the model in eval mode."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    patch = rng.uniform(0, 1, (side, side))
+    like = first_param(model)
+    with eval_mode(model):
+        for _ in range(steps):
+            x = to_device(images[rng.integers(0, len(images), batch)], like)
+            pasted, theta = paste(x, patch, placements(rng, batch, side))
+            t = to_device(np.full(batch, target), like)
+            dx = loss_and_gradients(model, pasted, t, param_grads=False).dx
+            patch = np.clip(patch - lr * np.sign(patch_gradient(dx, theta, side)), 0.0, 1.0)
+        model.clear_caches()
+    return patch
+
+
+def universal_perturbation(model, images, eps, steps=500, batch=64, step=None, rng=None):
+    """One L-infinity perturbation v (1, 1, 28, 28) host, |v| <= eps, that raises the mean
+    cross-entropy of the model's own clean predictions on host `images` (N, 1, 28, 28): signed
+    steps of `step` (default eps / 20) on random batches, then the projection onto the ball."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    step = eps / 20 if step is None else step
+    like = first_param(model)
+    xp = xp_of(like)
+    v = np.zeros((1, *images.shape[1:]))
+    with eval_mode(model):
+        for _ in range(steps):
+            x = to_device(images[rng.integers(0, len(images), batch)], like)
+            t = xp.argmax(model.forward(x), axis=1)
+            x_v = xp.clip(x + _like(v, x), 0.0, 1.0)
+            dx = to_numpy(loss_and_gradients(model, x_v, t, param_grads=False).dx)
+            v = np.clip(v + step * np.sign(dx.sum(axis=0, keepdims=True)), -eps, eps)
+        model.clear_caches()
+    return v
