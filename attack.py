@@ -26,6 +26,8 @@ EXPERIMENTS = {
                 "against queries",
     "physical": "destruction rates of FGS, PGD, least-likely and EOT-PGD under camera-like "
                 "transformations",
+    "patch": "targeted adversarial patches of several sizes, against noise and a drawn digit",
+    "universal": "one image-agnostic perturbation per eps, fitted on training images",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
 }
 
