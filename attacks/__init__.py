@@ -12,6 +12,6 @@ from .gradient import (eval_mode, fgs, fgs_step, fgv, fgv_step, input_gradient,
                        loss_and_gradients, sign_noise)
 from .hopskipjump_attack import hopskipjump
 from .iterative import (eot_pgd, fooling_images, pgd, signed_steps, smallest_targeted,
-                        targeted_fgs, targeted_pgd, uniform_start)
+                        targeted_fgs, targeted_pgd, targeted_pgd_l2, uniform_start)
 from .square_attack import square
 from .training import adversarial_step, noise_step, pgd_step, standard_step

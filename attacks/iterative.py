@@ -152,6 +152,25 @@ def eot_pgd(model, x, t, transform, eps=0.3, step=None, steps=20, samples=10, rn
                         keep_first=False, transform=transform, samples=samples, rng=rng)
 
 
+def targeted_pgd_l2(model, x, target, eps=2.0, step=None, steps=20):
+    """Targeted PGD in the L2 ball: descend the cross-entropy of `target` (N,) from x (N, C, H,
+    W) by steps of `step` (default 2.5 eps / steps) along the gradient divided by its L2 norm
+    (per image), each followed by the projection onto [0, 1] and then into ||x_adv - x|| <= eps
+    (rescaling the change: a mix of two points of the box stays in the box). Returns x_adv."""
+    xp = xp_of(x)
+    step = 2.5 * eps / steps if step is None else step
+    x_adv = x
+    with eval_mode(model):
+        for _ in range(steps):
+            dx = loss_and_gradients(model, x_adv, target, param_grads=False).dx
+            norm = xp.sqrt(xp.sum(dx * dx, axis=(1, 2, 3), keepdims=True))
+            delta = xp.clip(x_adv - step * dx / xp.maximum(norm, 1e-12), 0.0, 1.0) - x
+            size = xp.sqrt(xp.sum(delta * delta, axis=(1, 2, 3), keepdims=True))
+            x_adv = x + delta * xp.minimum(1.0, eps / xp.maximum(size, 1e-12))
+        model.clear_caches()
+    return x_adv
+
+
 def targeted_pgd(model, x, target, eps=0.3, step=None, steps=20):
     """Targeted PGD: descend the cross-entropy of class `target` (N,) within eps of x (N, C, H, W).
 

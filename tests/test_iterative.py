@@ -201,3 +201,18 @@ def test_iterative_attacks_never_need_float64():
                                         searches=2)[0], x)
     assert_like(fooling_images(model, x, 0.3, classes=3)[0],
                 fooling_images(model_np, x_np, 0.3, classes=3)[0], x)
+
+
+def test_l2_targeted_pgd_stays_in_its_ball_and_the_box_and_reaches_targets():
+    from attacks import predict, targeted_pgd_l2
+    from data.mnist import load_mnist
+    from nn import reference_cnn
+    model = reference_cnn(rng=np.random.default_rng(0)).eval()
+    x, t = load_mnist("test", limit=16)
+    target = (t + 1) % 10
+    for eps in (0.5, 4.0):
+        adv = targeted_pgd_l2(model, x, target, eps=eps, steps=30)
+        size = np.sqrt(((adv - x) ** 2).sum(axis=(1, 2, 3)))
+        assert adv.dtype == x.dtype and adv.min() >= 0 and adv.max() <= 1
+        assert np.all(size <= eps * (1 + 1e-5))
+    assert np.mean(predict(model, adv) == target) > 0.8  # at L2 4 nearly every digit moves
