@@ -28,6 +28,8 @@ EXPERIMENTS = {
                 "transformations",
     "patch": "targeted adversarial patches of several sizes, against noise and a drawn digit",
     "universal": "one image-agnostic perturbation per eps, fitted on training images",
+    "inside": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
+              "judged by an independent model",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
 }
 
