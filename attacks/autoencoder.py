@@ -8,8 +8,10 @@ AE(x + d) is close to r. It is the targeted PGD of `attacks/iterative.py` with t
 reconstruction distance ||AE(x + d) - r||^2 in place of the cross-entropy: signed steps down
 its gradient with respect to the input, each followed by a projection into the allowed box.
 """
+from nn import Adam, Sequential
 from nn.backend import device_of, xp_of
 from nn.losses import mse_loss
+from nn.vae import kl_gaussians
 
 from .gradient import eval_mode
 from .iterative import per_image, project
@@ -69,3 +71,64 @@ def autoencoder_attack(ae, x, target, eps=0.1, steps=100, step=None):
         if i < steps:
             x_adv = project(x_adv - step * xp.sign(dx), low, high)
     return best
+
+
+# --- attacks with an L2 penalty, on the plain autoencoder and the VAE ----------------------------
+# Tabacof et al. 2016 pull the *latent* code of x + d toward the target's, Kos et al. 2017 the
+# *output*; both minimise  f(x + d) + lam ||d||^2  over d with x + d in [0, 1], swept over lam.
+
+def penalty_attack(objective, x, lam, steps=200, lr=0.01):
+    """argmin over d of objective(x + d) + lam ||d||^2 (per image), x + d kept in [0, 1]: Adam
+    on d, then the projection onto the box after each step. objective(x_adv) -> (values (N,),
+    d values / d x_adv like x). Returns x + d like x."""
+    xp = xp_of(x)
+    d = xp.zeros_like(x)
+    opt = Adam(lr)
+    for _ in range(steps):
+        _, grad = objective(x + d)
+        opt.step({"d": d}, {"d": grad + 2 * lam * d})
+        d = xp.clip(x + d, 0.0, 1.0) - x
+    return x + d
+
+
+def ae_output_objective(ae, target):
+    """||AE(x) - target||^2 per image and its gradient (target (N, 784) reconstructions)."""
+    def f(x):
+        dist, dx = distance_and_gradient(ae, x, target)
+        return dist, dx * x.shape[0]  # mse_loss averages over the batch
+    return f
+
+
+def ae_latent_objective(ae, code_target, code_layers=4):
+    """||enc(x) - code_target||^2, enc the first `code_layers` layers of the AE (to its code)."""
+    enc = Sequential(*ae.layers[:code_layers])
+
+    def f(x):
+        xp = xp_of(x)
+        with eval_mode(enc):
+            diff = enc.forward(x) - code_target
+            dx, _ = enc.backward(2 * diff, param_grads=False)
+        return xp.sum(diff * diff, axis=1), dx
+    return f
+
+
+def vae_latent_objective(vae, mu_t, logvar_t):
+    """KL(q(z | x) || q(z | target)) per image and its gradient (Tabacof et al.)."""
+    def f(x):
+        mu, logvar = vae.encode(x)
+        kl, (dmu, dlogvar) = kl_gaussians(mu, logvar, mu_t, logvar_t)
+        return kl, vae.encode_backward(dmu, dlogvar)
+    return f
+
+
+def vae_output_objective(vae, target):
+    """||sigmoid(dec(mu(x))) - target||^2 per image and its gradient (Kos et al.'s output
+    attack on the reconstruction at the mean)."""
+    def f(x):
+        xp = xp_of(x)
+        mu, logvar = vae.encode(x)
+        s = 1 / (1 + xp.exp(-vae.decoder.forward(mu)))
+        diff = s - target
+        dz, _ = vae.decoder.backward(2 * diff * s * (1 - s), param_grads=False)
+        return xp.sum(diff * diff, axis=1), vae.encode_backward(dz, xp.zeros_like(logvar))
+    return f

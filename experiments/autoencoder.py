@@ -40,6 +40,15 @@ def add_arguments(parser):
                         help="signed-gradient steps of the attack")
     parser.add_argument("--rows", type=positive_int, default=8,
                         help="pairs shown in the figure")
+    parser.add_argument("--vae", action="store_true",
+                        help="instead: the plain autoencoder against a VAE, latent and output "
+                             "attacks with an L2 penalty, judged at --budgets "
+                             "(experiments/vae_attack.py)")
+    parser.add_argument("--lambdas", type=float_in(0, 1e6), nargs="+",
+                        default=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+                        help="with --vae: the penalty weights of ||d||^2")
+    parser.add_argument("--budgets", type=float_in(0, 28, low_open=True), nargs="+",
+                        default=[1.0, 2.0, 3.0, 4.0, 6.0], help="with --vae: L2 budgets")
 
 
 def _prefixed(arrays, prefix):
@@ -136,7 +145,11 @@ def squared(a, b):
 
 
 def run(args):
-    """Train or reuse the autoencoder, attack --images pairs per --eps, write numbers and figure."""
+    """Train or reuse the autoencoder, attack --images pairs per --eps, write numbers and figure
+    (with --vae: experiments/vae_attack.py)."""
+    if args.vae:
+        from .vae_attack import run_vae
+        return run_vae(args)
     common.out_dir(args.out)
     xp = namespace_for(args.device)
     images, labels = load_mnist("test", args.data_dir, args.test_limit)

@@ -243,3 +243,38 @@ def test_bad_input_is_one_sentence(cli, tmp_path, argv, message):
     assert code in (1, 2) and "Traceback" not in err
     assert message in err.strip().splitlines()[-1]
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+# --- the plain autoencoder against the VAE (--vae) ------------------------------------------------
+
+def test_penalty_attacks_pull_toward_the_target_and_the_penalty_holds_them_back():
+    from attacks.autoencoder import penalty_attack, vae_latent_objective, vae_output_objective
+    from nn.vae import VAE
+    from data.mnist import load_mnist
+    x, _ = load_mnist("test", limit=4)
+    vae = VAE(code=4, hidden=32, rng=np.random.default_rng(0))
+    target = x[::-1].copy()
+    for objective in (vae_latent_objective(vae, *vae.encode(target)),
+                      vae_output_objective(vae, vae.reconstruct(target))):
+        before = objective(x)[0]
+        far = penalty_attack(objective, x, 0.01, steps=30)
+        near = penalty_attack(objective, x, 10.0, steps=30)
+        assert np.all(objective(far)[0] < before)
+        assert np.all(np.abs(near - x).sum(axis=(1, 2, 3)) < np.abs(far - x).sum(axis=(1, 2, 3)))
+        assert far.min() >= 0 and far.max() <= 1
+
+
+def test_cli_vae_compares_both_autoencoders_and_the_blend(cli, tmp_path):
+    out_dir = tmp_path / "vae"
+    code, out, err = cli("--vae", "--ae-epochs", 1, "--train-limit", 256, "--test-limit", 200,
+                         "--code", 8, "--steps", 10, "--lambdas", 0.1, 1, "--budgets", 2, 5,
+                         "--out", out_dir)
+    assert code == 0, err
+    report = json.loads((out_dir / "vae.json").read_text())
+    assert report["pairs"] == 90
+    kinds = {(a["model"], a["kind"]) for a in report["attacks"]}
+    assert kinds == {(m, k) for m in ("AE", "VAE") for k in ("latent", "output", "blend")}
+    for a in report["attacks"]:
+        assert [b["budget"] for b in a["at_budget"]] == [2, 5]
+        assert all(0 <= b["to_target"] <= b["away_from_source"] <= 1 for b in a["at_budget"])
+    assert "VAE epoch 1/1" in out and (out_dir / "vae.png").stat().st_size > 0
