@@ -47,7 +47,13 @@ def parse_args(argv=None):
     r.add_argument("--reference-epochs", type=int_at_least(0), default=20,
                    help="epochs of the PGD-training reference runs, with and without BatchNorm, "
                         "seed 0, after the first seed's grid (0: none)")
-    r.add_argument("--jobs", type=positive_int, default=2, help="runs at the same time")
+    r.add_argument("--jobs", type=positive_int, default=2,
+                   help="runs at the same time: the local Dask cluster's single-threaded "
+                        "workers (not with --scheduler)")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786) "
+                        "instead of a local one; the run folders must be on a filesystem "
+                        "every worker sees")
     r.add_argument("--runs", type=Path, default=Path("results") / "grid",
                    help="folder of the run folders")
     r.add_argument("--retrain", action="store_true",
@@ -86,11 +92,14 @@ def run(args):
     if not args.retrain:
         refuse_to_lose_epochs(grid)
     runs = f"{len(grid)} run{'s' * (len(grid) > 1)}"
-    print(f"grid of {runs} in {args.runs}/, {args.jobs} at a time", flush=True)
+    where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else \
+        f"{args.jobs} at a time"
+    print(f"grid of {runs} in {args.runs}/, {where}", flush=True)
     # `kill` (SIGTERM) stops a background grid as Ctrl-C does: its children too, not only itself
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True))
+        failed = execute(grid, args.jobs, log=lambda line: print(line, flush=True),
+                         scheduler=args.scheduler)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failed:

@@ -1,29 +1,28 @@
-"""A grid of train.py runs: modes x BatchNorm x seeds, several at once, resumable.
+"""A grid of train.py runs: modes x BatchNorm x seeds, scheduled on Dask, resumable.
 
-Each run is a train.py child process with one BLAS thread, writing its own run folder
-<runs>/<mode>[-bn]-seed<seed> and appending its output to train.log there. How far a run got
+Each run is a Dask task (training/grid_task.py) on a single-threaded worker: a train.py child
+process with one BLAS thread, writing its own run folder <runs>/<mode>[-bn]-seed<seed> and
+appending its output to train.log there. The workers are a LocalCluster on this machine, or
+those of a cluster whose scheduler the driver is given; a task whose worker dies is run again
+by Dask on another worker, and resumes from the run's checkpoint. How far a run got
 is read from its checkpoint, written before metrics.csv (from metrics.csv where there is no
 checkpoint, as committed in results/). A run that has the requested epochs, and a metrics.csv
 that shows them all, is skipped; one with a checkpoint is resumed (train.py rewrites a
 metrics.csv that a kill left one epoch behind). A run with epochs but no checkpoint would start
 again from epoch 1 and lose its metrics: the grid refuses that unless `retrain` is given. The
-epoch lines of every child are echoed with the run's name in front, so a log shows every run's
-progress; Ctrl-C (or SIGTERM) stops the children (each keeps its last completed epoch) and the
-same command continues later.
+epoch lines of every child reach the driver once each (Dask's event channel), with the run's
+name in front; Ctrl-C (or SIGTERM) stops the children (each keeps its last completed epoch) and
+the same command continues later.
 """
-import os
+import logging
 import signal
-import subprocess
-import sys
-import time
+import uuid
 from pathlib import Path
 
 from .cli import TrainingError
 from .exercise import default_name, parse_args
+from .grid_task import TOPIC, train_run
 from .run_folder import checkpoint_epochs, has_checkpoint, metrics_rows
-
-TRAIN = Path(__file__).resolve().parent.parent / "train.py"
-THREADS = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 class Run:
@@ -51,10 +50,6 @@ class Run:
     def would_lose_epochs(self):
         """Whether running it would start again from epoch 1 over epochs it already has."""
         return not self.finished() and not has_checkpoint(self.out) and self.done_epochs() > 0
-
-    def command(self):
-        resume = ["--resume"] if has_checkpoint(self.out) else []
-        return [sys.executable, str(TRAIN), *self.flags, *resume]
 
 
 def plan(modes, bn, seeds, epochs, extra, runs, reference=()):
@@ -87,62 +82,61 @@ def refuse_to_lose_epochs(grid):
             "add --retrain to do so")
 
 
-def execute(grid, jobs, log=print, poll=2.0):
-    """Run the unfinished runs of `grid`, `jobs` at a time; returns the names that did not finish
-    (failed, or stopped by a signal)."""
+def execute(grid, jobs, log=print, scheduler=None):
+    """Run the unfinished runs of `grid` on Dask: a LocalCluster of `jobs` single-threaded worker
+    processes on 127.0.0.1, or the cluster whose scheduler is at address `scheduler`. Returns
+    the names of the runs that did not finish (failed, or stopped by a signal). Ctrl-C (or
+    SIGTERM turned into it) sets the grid's stop Event, waits for every running task to stop
+    its train.py, and raises KeyboardInterrupt."""
+    try:
+        from distributed import Client, Event, LocalCluster, as_completed, wait
+    except ImportError:
+        raise TrainingError("grid.py run needs Dask: pip install -e '.[grid]'") from None
     todo = [r for r in grid if not r.finished()]
     for r in grid:
         if r not in todo:
             log(f"[{r.name}] already has {r.done_epochs()} epochs: skipped")
-    running, failed, started = {}, [], 0
+    if not todo:
+        return []
+    for r in todo:
+        if not has_checkpoint(r.out) and r.done_epochs():
+            log(f"[{r.name}] starting again (its {r.done_epochs()} epochs have no checkpoint)")
+    cluster = None if scheduler else LocalCluster(
+        n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(scheduler or cluster)
+    stop_name = f"grid-stop-{uuid.uuid4().hex}"
+    stop = Event(stop_name, client=client)
+    client.subscribe_topic(TOPIC, lambda event: log(event[1]))
+    # one task per run, in the grid's order (the first seed's variants first)
+    futures = {client.submit(train_run, r.name, r.flags, str(r.out), stop_name,
+                             key=f"{r.name}-{stop_name}", pure=False, priority=-i): r
+               for i, r in enumerate(todo)}
+    failed = []
     try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                r = todo.pop(0)
-                started += 1
-                r.out.mkdir(parents=True, exist_ok=True)
-                done = r.done_epochs()
-                how = (f"resuming after epoch {done}" if has_checkpoint(r.out) else
-                       f"starting again (its {done} epochs have no checkpoint)" if done else
-                       "starting")
-                log(f"[{r.name}] run {started} of {started + len(todo)}: {how}, {r.epochs} epochs")
-                logfile = open(r.out / "train.log", "a")
-                proc = subprocess.Popen(r.command(), stdout=logfile, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **THREADS, "PYTHONUNBUFFERED": "1"})
-                running[r.name] = (r, proc, logfile, logfile.tell())
-            time.sleep(poll)
-            for name, (r, proc, logfile, pos) in list(running.items()):
-                pos = _echo_epochs(r, pos, log)
-                running[name] = (r, proc, logfile, pos)
-                if proc.poll() is not None:
-                    logfile.close()
-                    del running[name]
-                    _echo_epochs(r, pos, log)
-                    if proc.returncode == 0:
-                        log(f"[{name}] finished: {r.done_epochs()} epochs")
-                        continue
-                    failed.append(name)
-                    if proc.returncode < 0:  # killed by a signal: its checkpoint is intact
-                        log(f"[{name}] stopped by {signal.Signals(-proc.returncode).name} after "
-                            f"epoch {r.done_epochs()}: the same command resumes it")
-                    else:
-                        log(f"[{name}] failed (exit {proc.returncode}): see {r.out / 'train.log'}")
+        for future in as_completed(futures):
+            r = futures[future]
+            try:
+                status, code = future.result()
+            except Exception as exc:  # the task itself failed, e.g. its workers kept dying
+                status, code = "failed", f"{type(exc).__name__}: {exc}"
+            if status == "finished":
+                log(f"[{r.name}] finished: {r.done_epochs()} epochs")
+            elif status == "stopped" or (isinstance(code, int) and code < 0):
+                failed.append(r.name)
+                how = signal.Signals(-code).name if isinstance(code, int) and code < 0 else \
+                    "the grid's stop"
+                log(f"[{r.name}] stopped by {how} after epoch {r.done_epochs()}: the same "
+                    "command resumes it")
+            else:
+                failed.append(r.name)
+                log(f"[{r.name}] failed (exit {code}): see {r.out / 'train.log'}")
     except KeyboardInterrupt:
-        for r, proc, logfile, _ in running.values():
-            proc.terminate()
-            proc.wait()
-            logfile.close()
+        stop.set()  # running tasks stop their train.py; queued ones return at once
+        wait(list(futures), timeout=120)
         raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
     return failed
-
-
-def _echo_epochs(run, pos, log):
-    """Log the epoch lines that train.py appended to run's train.log since byte `pos`."""
-    with open(run.out / "train.log", "rb") as f:
-        f.seek(pos)
-        data = f.read()
-    end = data.rfind(b"\n") + 1  # a half-written line waits for the next poll
-    for line in data[:end].decode(errors="replace").splitlines():
-        if line.startswith("epoch") or "error" in line:
-            log(f"[{run.name}] {line.strip()}")
-    return pos + end
