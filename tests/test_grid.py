@@ -402,3 +402,10 @@ def _cmdline(pid):
 def csv_rows(run):
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_without_dask_the_grid_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    code, out, err = run_grid(capsys, "run", "--modes", "standard", "--bn", "no", "--seeds", 0,
+                              "--epochs", 1, "--reference-epochs", 0, "--runs", tmp_path, *TINY)
+    assert code == 1 and err == "grid.py: error: grid.py run needs Dask: pip install -e '.[grid]'\n"
