@@ -18,8 +18,9 @@ import signal
 import sys
 from pathlib import Path
 
-from training.cli import (HelpFormatter, RunError, TrainingError, int_at_least, positive_int,
-                          run_cli)
+from data.mnist import DATASETS
+from training.cli import (HelpFormatter, RunError, TrainingError, float_in, int_at_least,
+                          positive_int, run_cli)
 from training.grid import execute, plan, refuse_to_lose_epochs
 from training.report import BLOCK, update_readme, write_report
 
@@ -54,8 +55,14 @@ def parse_args(argv=None):
                    help="run on the Dask cluster of this scheduler (e.g. tcp://10.0.0.5:8786) "
                         "instead of a local one; the run folders must be on a filesystem "
                         "every worker sees")
-    r.add_argument("--runs", type=Path, default=Path("results") / "grid",
-                   help="folder of the run folders")
+    r.add_argument("--runs", type=Path,
+                   help="folder of the run folders (default: results/grid, or "
+                        "results/grid-fashion-mnist)")
+    r.add_argument("--dataset", choices=DATASETS, default="mnist", help="train.py --dataset")
+    r.add_argument("--eps", type=float_in(0, 1, low_open=True),
+                   help="train.py --alpha (FGS step, PGD eps) of every run, with --noise-alpha "
+                        "the same and --fgv-alpha twice it (default: 0.3 on MNIST, the "
+                        "exercise's; 0.1 on Fashion-MNIST, the field's)")
     r.add_argument("--retrain", action="store_true",
                    help="train runs that have epochs but no checkpoint again from epoch 1 "
                         "(their metrics are replaced); without it the grid refuses")
@@ -85,7 +92,14 @@ def run(args):
             print(f"wrote the last-epoch rows into {args.readme}")
         return 0
     bn = {"both": [False, True], "no": [False], "yes": [True]}[args.bn]
-    extra = args.extra + (["--pgd-images", str(args.pgd_images)] if args.pgd_images else [])
+    eps = args.eps if args.eps is not None else 0.3 if args.dataset == "mnist" else 0.1
+    if args.runs is None:
+        args.runs = Path("results") / ("grid" if args.dataset == "mnist" else
+                                       f"grid-{args.dataset}")
+    extra = args.extra + (["--pgd-images", str(args.pgd_images)] if args.pgd_images else []) + \
+        ["--dataset", args.dataset] * (args.dataset != "mnist") + \
+        ["--alpha", f"{eps:g}", "--fgv-alpha", f"{2 * eps:g}", "--noise-alpha", f"{eps:g}"] * \
+        (eps != 0.3)
     reference = [("pgd", b, 0, args.reference_epochs) for b in (False, True)
                  if args.reference_epochs and "pgd" not in args.modes]
     grid = plan(args.modes, bn, args.seeds, args.epochs, extra, args.runs, reference)

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 
 import models
 from attacks import LabelOracle, eval_mode
-from data.mnist import load_mnist
+from data.mnist import DATASETS, load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import CheckpointError, atomic_file, load_checkpoint, section
@@ -38,8 +38,12 @@ def add_common_arguments(parser, name, images=1000, checkpoint_help=None):
     parser.add_argument("--images", type=positive_int, default=images,
                         help="how many test images (the first N) to attack")
     parser.add_argument("--seed", type=int_at_least(0), default=0)
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="the test images' dataset (fashion-mnist needs --checkpoint: the "
+                             "shipped models are MNIST's)")
     parser.add_argument("--data-dir", type=Path,
-                        help="folder with the MNIST IDX files (default: the embedded copy)")
+                        help="folder with the IDX files (default: the embedded MNIST, or "
+                             "Debian's Fashion-MNIST)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
 
 
@@ -88,6 +92,9 @@ def train_model(train_flags, xp):
 
 def model_for(args):
     """The model of --checkpoint, else the shipped model of --model: (model, its path)."""
+    if args.checkpoint is None and getattr(args, "dataset", "mnist") != "mnist":
+        raise ExperimentError(f"the shipped models are trained on MNIST: give --checkpoint of a "
+                              f"model trained on {args.dataset}")
     path = args.checkpoint if args.checkpoint is not None else models.path_of(args.model)
     return load_model(path, namespace_for(args.device))[0], path
 
@@ -130,8 +137,9 @@ def label_oracle(args, model, budget=None):
 
 
 def test_set(args, limit=None):
-    """The first --images (or `limit`) MNIST test images and labels, on the host."""
-    return load_mnist("test", args.data_dir, limit or args.images)
+    """The first --images (or `limit`) test images and labels of --dataset, on the host."""
+    return load_mnist("test", args.data_dir, limit or args.images,
+                      getattr(args, "dataset", "mnist"))
 
 
 def on_model(model, host):

@@ -201,3 +201,10 @@ def test_every_help_gives_defaults_but_never_none(cli, argv):
 def test_train_help_gives_defaults_but_never_none(cli):
     code, out, err = cli("--help", main=train.main)
     assert code == 0 and "(default: 0.3)" in out and "None" not in out
+
+
+def test_fashion_mnist_needs_a_checkpoint(cli):
+    code, out, err = cli("gallery", "--dataset", "fashion-mnist", "--images", 2)
+    assert code == 1
+    assert_one_sentence(err.replace("attack.py gallery: error", "train.py: error"),
+                        "the shipped models are trained on MNIST: give --checkpoint")

@@ -409,3 +409,29 @@ def test_without_dask_the_grid_says_how_to_install_it(tmp_path, capsys, monkeypa
     code, out, err = run_grid(capsys, "run", "--modes", "standard", "--bn", "no", "--seeds", 0,
                               "--epochs", 1, "--reference-epochs", 0, "--runs", tmp_path, *TINY)
     assert code == 1 and err == "grid.py: error: grid.py run needs Dask: pip install -e '.[grid]'\n"
+
+
+def test_a_report_never_mixes_datasets(tmp_path, capsys):
+    for name, dataset in (("standard-seed0", "mnist"), ("fashion-standard-seed0-eps0.1",
+                                                        "fashion-mnist")):
+        shutil.copytree(FIXTURE / "standard-seed0-t300-e100", tmp_path / name)
+        settings = json.loads((tmp_path / name / "settings.json").read_text())
+        (tmp_path / name / "settings.json").write_text(json.dumps({**settings,
+                                                                    "dataset": dataset}))
+    code, out, err = run_grid(capsys, "report", "--runs", tmp_path, "--out", tmp_path / "r")
+    assert code == 1 and "mixes datasets (fashion-mnist, mnist): a report covers one" in err
+
+
+def test_the_fashion_grid_names_its_dataset_and_eps(tmp_path):
+    args = grid.parse_args(["run", "--dataset", "fashion-mnist", "--seeds", "0", "--modes",
+                            "adversarial", "--bn", "no", "--reference-epochs", "0"])
+    assert args.runs is None and args.eps is None
+    from training.grid import plan
+    from training.exercise import parse_args
+    (run,) = plan(["adversarial"], [False], [0], 20, ["--dataset", "fashion-mnist", "--alpha",
+                                                        "0.1", "--fgv-alpha", "0.2",
+                                                        "--noise-alpha", "0.1"], tmp_path)
+    assert run.name == "fashion-adversarial-seed0-eps0.1"
+    flags = parse_args(run.flags)
+    assert (flags.dataset, flags.alpha, flags.fgv_alpha, flags.noise_alpha) == \
+        ("fashion-mnist", 0.1, 0.2, 0.1)

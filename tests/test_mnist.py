@@ -151,7 +151,7 @@ def test_corrupted_byte_fails_checksum(test_dir):
     raw = bytearray(path.read_bytes())
     raw[100] = (raw[100] + 1) % 10  # still a valid label, so only the checksum can tell
     path.write_bytes(bytes(raw))
-    assert_error_names(path, "checksum", mnist.SHA256[TEST_LABELS], split="test", data_dir=test_dir)
+    assert_error_names(path, "checksum", mnist.SHA256["mnist"][TEST_LABELS], split="test", data_dir=test_dir)
 
 
 def test_bad_magic(test_dir):
@@ -180,7 +180,7 @@ def test_image_label_count_mismatch(tmp_path, monkeypatch):
     # Checksums normally rule this out, so pass off the test labels as the train labels.
     shutil.copy(EMBEDDED_DIR / "train-images-idx3-ubyte.gz", tmp_path)
     shutil.copy(EMBEDDED_DIR / f"{TEST_LABELS}.gz", tmp_path / "train-labels-idx1-ubyte.gz")
-    monkeypatch.setitem(mnist.SHA256, "train-labels-idx1-ubyte", mnist.SHA256[TEST_LABELS])
+    monkeypatch.setitem(mnist.SHA256["mnist"], "train-labels-idx1-ubyte", mnist.SHA256["mnist"][TEST_LABELS])
     assert_error_names(tmp_path / "train-labels-idx1-ubyte.gz", "60000 images but 10000 labels",
                        split="train", data_dir=tmp_path)
 
@@ -200,3 +200,33 @@ def test_plain_file_preferred_when_both_exist(test_dir):
     gz.write_bytes(b"not gzip")
     labels = load_mnist("test", data_dir=test_dir)[1]
     assert np.array_equal(labels, load_mnist("test")[1])
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------------
+
+@pytest.mark.skipif(not mnist.FASHION_DIR.is_dir(),
+                    reason="no Fashion-MNIST: apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_is_read_from_debians_copy_and_checked():
+    x, t = load_mnist("test", dataset="fashion-mnist")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.float32 and t.dtype == np.int64
+    assert np.bincount(t).tolist() == [1000] * 10  # Fashion-MNIST's test set is balanced
+    train_x, _ = load_mnist("train", dataset="fashion-mnist", limit=5)
+    digits, _ = load_mnist("train", limit=5)
+    assert not np.array_equal(train_x, digits)
+    assert len(mnist.CLASS_NAMES["fashion-mnist"]) == 10
+
+
+def test_fashion_mnist_missing_says_where_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(mnist, "FASHION_DIR", tmp_path / "nowhere")
+    with pytest.raises(MNISTError) as err:
+        load_mnist("test", dataset="fashion-mnist")
+    message = str(err.value)
+    assert "Fashion-MNIST data directory" in message and "dataset-fashion-mnist" in message
+    assert "torchvision" in message and "\n" not in message
+    with pytest.raises(ValueError, match="dataset must be one of mnist, fashion-mnist"):
+        load_mnist("test", dataset="cifar")
+
+
+def test_mnist_files_fail_fashion_mnists_checksums():
+    with pytest.raises(MNISTError, match="Fashion-MNIST file .* fails its checksum"):
+        load_mnist("test", data_dir=mnist.EMBEDDED_DIR, dataset="fashion-mnist")

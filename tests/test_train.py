@@ -533,3 +533,16 @@ def test_plot_rejects_a_damaged_metrics_file(plot_cli, runs, tmp_path):
     assert code == 1 and "Traceback" not in err and err.count("\n") == 1
     assert "damaged" in err and "is damaged" in err
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.skipif(not __import__("data.mnist").mnist.FASHION_DIR.is_dir(),
+                    reason="no Fashion-MNIST: apt-get install dataset-fashion-mnist")
+def test_train_on_fashion_mnist_names_the_dataset(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(*SMALL, "--epochs", 1, "--dataset", "fashion-mnist", "--alpha", 0.1)
+    assert code == 0, err
+    run = tmp_path / "runs" / "fashion-standard-seed0-eps0.1-t96-e50"
+    assert "(Fashion-MNIST)" in out
+    assert json.loads((run / "settings.json").read_text())["dataset"] == "fashion-mnist"
+    code, out, err = cli(*SMALL, "--epochs", 2, "--alpha", 0.1, "--out", run, "--resume")
+    assert code == 1 and "--dataset fashion-mnist (now mnist)" in err

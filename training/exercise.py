@@ -14,7 +14,7 @@ import numpy as np
 
 from attacks import (adversarial_step, default_attacks, evaluate, noise_step, pgd_attack,
                      pgd_step, standard_step)
-from data.mnist import load_mnist
+from data.mnist import DATASETS, load_mnist
 from nn import SGD, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import section
@@ -31,7 +31,8 @@ DESCRIPTION = ("Train the exercise's CNN on MNIST and evaluate it against FGS an
 # The flags that define a run: --resume refuses a checkpoint made with other values.
 RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alpha",
                 "noise_alpha", "seed", "train_limit", "test_limit", "train_half", "pgd_images",
-                "pgd_steps", "pgd_train_steps", "pgd_warmup")
+                "pgd_steps", "pgd_train_steps", "pgd_warmup", "dataset")
+OLDER = {"dataset": "mnist"}  # what a checkpoint made before a flag existed was made with
 
 
 def parse_args(argv=None, prog=None):
@@ -69,8 +70,12 @@ def parse_args(argv=None, prog=None):
                    help="train on the first or the second half of the (limited) training set "
                         "only: two networks on disjoint data, for transfer experiments")
     p.add_argument("--test-limit", type=positive_int, help="use the first N test images")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="fashion-mnist is read from --data-dir, else from Debian's "
+                        "dataset-fashion-mnist")
     p.add_argument("--data-dir", type=Path,
-                   help="folder with the MNIST IDX files, plain or .gz (default: the embedded copy)")
+                   help="folder with the IDX files, plain or .gz (default: the embedded MNIST, "
+                        "or Debian's Fashion-MNIST)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed epoch")
@@ -90,20 +95,24 @@ def parse_args(argv=None, prog=None):
 
 
 def default_name(args):
-    """The run folder's name: <mode>[-bn]-seed<seed>[-t<train limit>][-e<test limit>][-half<h>]."""
-    limits = "".join(f"-{k}{v}" for k, v in (("t", args.train_limit), ("e", args.test_limit),
-                                              ("half", args.train_half)) if v)
-    return f"{args.mode}{'-bn' if args.bn else ''}-seed{args.seed}{limits}"
+    """The run folder's name: [fashion-]<mode>[-bn]-seed<seed>[-eps<alpha>][-t<train limit>]
+    [-e<test limit>][-half<h>]; eps only where --alpha is not the exercise's 0.3."""
+    limits = "".join(f"-{k}{v}" for k, v in (("eps", f"{args.alpha:g}" if args.alpha != 0.3
+                                               else None), ("t", args.train_limit),
+                                              ("e", args.test_limit), ("half", args.train_half))
+                     if v)
+    dataset = "" if args.dataset == "mnist" else "fashion-"
+    return f"{dataset}{args.mode}{'-bn' if args.bn else ''}-seed{args.seed}{limits}"
 
 
 def load_data(args):
     """(train images, train labels, test images, test labels) on the host, as the flags ask."""
-    train_x, train_t = load_mnist("train", args.data_dir, args.train_limit)
+    train_x, train_t = load_mnist("train", args.data_dir, args.train_limit, args.dataset)
     if args.train_half:
         middle = len(train_x) // 2
         half = slice(0, middle) if args.train_half == 1 else slice(middle, None)
         train_x, train_t = train_x[half], train_t[half]
-    return (train_x, train_t, *load_mnist("test", args.data_dir, args.test_limit))
+    return (train_x, train_t, *load_mnist("test", args.data_dir, args.test_limit, args.dataset))
 
 
 def make_step(args, rng):
@@ -162,13 +171,14 @@ def run(args):
     settings = {k: getattr(args, k) for k in RUN_SETTINGS}
     ckpt, history = args.out / "checkpoint.npz", []
     if args.resume:
-        arrays, _, history = resume(ckpt, settings, RUN_SETTINGS, rng)
+        arrays, _, history = resume(ckpt, settings, RUN_SETTINGS, rng, older=OLDER)
         model.load_state_dict(section(arrays, "model"))
         optimizer.load_state_dict(section(arrays, "optim"), like=model.params)
     start = len(history)
     make_folder(args.out)
     step, attacks = make_step(args, rng), default_attacks(args.alpha, args.fgv_alpha)
-    name = f"{args.mode} training{' with BatchNorm' if args.bn else ''}"
+    name = (f"{args.mode} training{' with BatchNorm' if args.bn else ''}"
+            f"{' (Fashion-MNIST)' if args.dataset == 'fashion-mnist' else ''}")
 
     def train(epoch):
         return {"train_loss": train_epoch(model, optimizer, step, train_x, train_t,

@@ -32,15 +32,16 @@ BLOCK = ("<!-- grid.py report --readme writes from here -->",
 
 
 def load_runs(folder):
-    """({(mode, bn): {seed: columns}}, [settings of each run]) of the run folders directly
-    inside `folder`."""
+    """({(mode, bn, eps): {seed: columns}}, [settings of each run]) of the run folders directly
+    inside `folder`; eps (the runs' --alpha) is None where every run has the same. RunError if
+    the folder mixes datasets: a report is about one."""
     variants, settings = {}, []
     for run in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         if not (run / "settings.json").is_file() or not (run / "metrics.csv").is_file():
             continue
         try:
             s = json.loads((run / "settings.json").read_text())
-            key, seed = (s["mode"], bool(s["bn"])), int(s["seed"])
+            key, seed = (s["mode"], bool(s["bn"]), s.get("alpha")), int(s["seed"])
         except (ValueError, KeyError, TypeError) as exc:
             raise RunError(f"{run}/settings.json is damaged: {exc}") from None
         variants.setdefault(key, {})[seed] = read_metrics(run)
@@ -49,8 +50,21 @@ def load_runs(folder):
         settings.append(s)
     if not variants:
         raise RunError(f"{folder} holds no run folders (settings.json and metrics.csv)")
-    order = sorted(variants.items(), key=lambda kv: (ORDER.index(kv[0][0]), kv[0][1]))
+    datasets = sorted({s.get("dataset", "mnist") for s in settings})
+    if len(datasets) > 1:
+        raise RunError(f"{folder} mixes datasets ({', '.join(datasets)}): a report covers one; "
+                       "keep each dataset's runs in a folder of its own")
+    if len({k[2] for k in variants}) == 1:
+        variants = {(m, b, None): v for (m, b, _), v in variants.items()}
+    order = sorted(variants.items(), key=lambda kv: (ORDER.index(kv[0][0]), kv[0][1],
+                                                     kv[0][2] or 0))
     return dict(order), settings
+
+
+def dataset_of(settings):
+    """'MNIST' or 'Fashion-MNIST': the dataset of the runs (one, as load_runs checked)."""
+    return {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[settings[0].get("dataset",
+                                                                                  "mnist")]
 
 
 def evaluation(settings):
@@ -68,7 +82,9 @@ def evaluation(settings):
 
 
 def label(key):
-    return f"{key[0]}{', BN' if key[1] else ''}"
+    """'adversarial, BN' (', eps 0.3' too where the folder's runs differ in eps)."""
+    eps = f", eps {key[2]:g}" if len(key) > 2 and key[2] is not None else ""
+    return f"{key[0]}{', BN' if key[1] else ''}{eps}"
 
 
 def stack(seeds, column):
@@ -203,10 +219,11 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
            "Accuracy over epochs (attacks: over the correctly classified test images)")
     figure(variants, out / "robust.png", (MEASURES[0],) + ROBUST,
            "Accuracy over epochs over all test images (correct before and after the attack)")
-    short = [f"{label((s['mode'], s['bn']))} seed {s['seed']} ({s['done']} of {s['epochs']}"
+    short = [f"{label((s['mode'], s['bn'], None))} seed {s['seed']} ({s['done']} of {s['epochs']}"
              f"{', resumes from its checkpoint' if s['resumable'] else ', starts again'})"
              for s in settings if s["done"] < s.get("epochs", 0)]
-    lines = ["# The exercise's results: every variant, several seeds", "",
+    lines = [f"# The exercise's results on {dataset_of(settings)}: every variant, several seeds",
+             "",
              *([f"**In progress**: runs still short of their epochs: {', '.join(short)}.", ""]
                if short else []),
              f"Made by `python grid.py report` from the runs in `{runs}` "
