@@ -118,6 +118,52 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     return dx, dw, db
 
 
+def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
+    """Transposed convolution: conv2d's input gradient, run as a forward pass (it upsamples).
+
+    x (N, C, H, W), w (C, F, KH, KW) (PyTorch's ConvTranspose2d layout), b (F,) ->
+    out (N, F, OH, OW), OH = (H - 1) stride - 2 padding + KH: the conv2d whose output x would be
+    carries each input value back onto its window. With W2 = w as (C, F*KH*KW) and X = x as
+    (C, H*W*N): out = col2im(W2^T @ X) + b, exactly conv2d_backward's dx.
+    """
+    xp = xp_of(x, w, b)
+    N, C, H, W = x.shape
+    _, F, KH, KW = w.shape
+    shape = (N, F, (H - 1) * stride - 2 * padding + KH, (W - 1) * stride - 2 * padding + KW)
+    X = xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (C, -1))
+    out = col2im(xp.reshape(w, (C, -1)).T @ X, shape, KH, KW, stride, padding)
+    return out + xp.reshape(b, (1, F, 1, 1)), (X, x.shape, w, stride, padding)
+
+
+def conv_transpose2d_backward(dout, cache, input_grad=True, param_grads=True):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (C, F, KH, KW), db (F,): a convolution of
+    dout. With cols = im2col(dout) (F*KH*KW, H*W*N): dx = W2 @ cols, dw = X @ cols^T, db the
+    sum of dout over all but its channels."""
+    xp = xp_of(dout)
+    X, x_shape, w, stride, padding = cache
+    C, F, KH, KW = w.shape
+    N, _, H, W = x_shape
+    cols = im2col(dout, KH, KW, stride, padding)
+    dx = dw = db = None
+    if input_grad:
+        dx = xp.permute_dims(xp.reshape(xp.reshape(w, (C, -1)) @ cols, (C, H, W, N)),
+                             (3, 0, 1, 2))
+    if param_grads:
+        dw = xp.reshape(X @ cols.T, w.shape)
+        db = xp.sum(dout, axis=(0, 2, 3))
+    return dx, dw, db
+
+
+def concat_forward(a, b):
+    """Channels of a (N, Ca, H, W) then of b (N, Cb, H, W) -> (N, Ca + Cb, H, W): a U-Net's skip
+    connection. Its backward splits dout back: concat_backward(dout, Ca) -> (da, db)."""
+    return xp_of(a, b).concat([a, b], axis=1), a.shape[1]
+
+
+def concat_backward(dout, channels):
+    return dout[:, :channels, ...], dout[:, channels:, ...]
+
+
 # --- pooling ---------------------------------------------------------------------------------
 
 def max_pool2d_forward(x, kernel_size, stride):

@@ -65,6 +65,30 @@ class Conv2d(Layer):
         return dx, ({"W": dw, "b": db} if param_grads else {})
 
 
+class ConvTranspose2d(Layer):
+    """Transposed 2-D convolution (upsampling): x (N, C, H, W) -> (N, F, OH, OW),
+    OH = (H - 1) stride - 2 padding + K; W (C, F, K, K) as PyTorch's, b (F,)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, rng=None):
+        super().__init__()
+        k = kernel_size
+        self.stride, self.padding = stride, padding
+        self.params = {"W": _he_normal(rng, (in_channels, out_channels, k, k),
+                                       in_channels * k * k // (stride * stride)),
+                       "b": np.zeros(out_channels, dtype=np.float32)}
+
+    def forward(self, x):
+        out, cache = F.conv_transpose2d_forward(x, self.params["W"], self.params["b"],
+                                                self.stride, self.padding)
+        self._remember(cache)
+        return out
+
+    def backward(self, dout, input_grad=True, param_grads=True):
+        dx, dw, db = F.conv_transpose2d_backward(dout, self._take_cache(), input_grad,
+                                                 param_grads)
+        return dx, ({"W": dw, "b": db} if param_grads else {})
+
+
 class MaxPool2d(Layer):
     """Max pooling over KxK windows: (N, C, H, W) -> (N, C, OH, OW); stride defaults to K."""
 
