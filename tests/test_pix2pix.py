@@ -12,6 +12,7 @@ from gan.pix2pix import (VARIANTS, UNet, inpainting_input, l1_loss, patch_discri
 from nn import Adam
 from nn.functional import sigmoid_forward
 from nn.gradcheck import as_float64
+from test_models import tiny  # noqa: F401  (the fixture: a shipped model to judge with)
 
 
 def test_unet_backward_through_the_skip():
@@ -73,3 +74,20 @@ def test_one_step_moves_the_generator_the_expected_way(digits, variant):
     assert ("d_loss" in stats) == (variant != "l1")
     with pytest.raises(ValueError, match="variant must be one of"):
         train_step(G, D, opt_g, opt_d, x, y, "gan")
+
+
+def test_train_pix2pix_runs_resumes_and_reports(tiny, tmp_path, capsys):  # noqa: F811
+    import train_pix2pix
+    runs = tmp_path / "pix2pix"
+    for variant in ("l1", "l1+cgan"):
+        argv = ["run", "--variant", variant, "--train-limit", 64, "--eval-images", 20,
+                "--judge", "tiny", "--out", runs / f"{variant}-seed0"]
+        assert train_pix2pix.main([str(a) for a in [*argv, "--epochs", 1]]) == 0
+        assert train_pix2pix.main([str(a) for a in [*argv, "--epochs", 2, "--resume"]]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2/2  accuracy" in out and "epochs 2..2" in out
+    assert train_pix2pix.main(["report", "--runs", str(runs)]) == 0
+    table = (runs / "README.md").read_text()
+    assert "| l1 | 1 |" in table and "| l1+cgan | 1 |" in table and "| truth |" in table
+    assert (runs / "grid.png").read_bytes().startswith(b"\x89PNG")
+    assert (runs / "l1-seed0" / "samples_epoch002.png").is_file()
