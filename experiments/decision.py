@@ -7,8 +7,12 @@ serve.py's API with --api URL, where the server's count of the key's queries is 
 reported. The best distortion found within each budget is read off each run's trace; its
 median over the images is set beside the white-box minimum of the same images (targeted PGD
 toward every wrong class, bisected over the L-infinity radius: attacks.smallest_targeted).
-Writes decision.json, decision.csv (one row per image, norm and budget) and decision.png.
+Writes decision.json, decision.csv (one row per image, norm and budget) and decision.png;
+decision.csv and progress.json are written after every image, and the same command continues
+an interrupted run (same model and budgets) from there.
 """
+import csv
+import json
 import time
 
 import numpy as np
@@ -48,6 +52,24 @@ def whitebox_minimum(model, x, t):
     return linf_min, l2_min
 
 
+def earlier(out, label, args):
+    """(rows of an earlier, interrupted run of the same model and budgets in `out`, its
+    {"queries", "seconds"}); ([], zeros) if there is none."""
+    try:
+        with open(out / "decision.csv", newline="") as f:
+            rows = [{**r, "image": int(r["image"]), "budget": int(r["budget"]),
+                     "l2": float(r["l2"]), "linf": float(r["linf"])} for r in csv.DictReader(f)]
+        before = json.loads((out / "progress.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return [], {"queries": 0, "seconds": 0.0}
+    runs = {(r["image"], r["norm"]): [] for r in rows}
+    for r in rows:
+        runs[r["image"], r["norm"]].append(r["budget"])
+    if {r["model"] for r in rows} != {label} or any(b != args.budgets for b in runs.values()):
+        return [], {"queries": 0, "seconds": 0.0}
+    return rows, before
+
+
 def figure(path, summary, budgets, label):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, norm in zip(axes, NORMS):
@@ -76,18 +98,33 @@ def run(args):
     where = args.api or "in-process"
     print(f"{label}: HopSkipJump ({', '.join(args.norms)}) on {len(x)} correctly classified test "
           f"images, up to {max(args.budgets)} label queries each, {where}", flush=True)
-    rows, curves, t0 = [], {n: [] for n in args.norms}, time.perf_counter()
+    rows, before = earlier(out, label, args)
+    if rows:
+        print(f"  continuing: {len(rows) // len(args.budgets)} runs of {before['queries']} "
+              f"queries are in {out / 'decision.csv'} already", flush=True)
+    t0 = time.perf_counter()
     with progress(len(x) * len(args.norms), "HopSkipJump", unit="run") as bar:
         for i in range(len(x)):
             for norm in args.norms:
+                if any(r["image"] == i and r["norm"] == norm for r in rows):
+                    bar.update()
+                    continue
                 _, trace = hopskipjump(oracle, x[i], int(t[i]), norm, max(args.budgets),
                                        np.random.default_rng([args.seed, i]))
-                curve = budget_curve(trace, args.budgets)
-                curves[norm].append([c[0 if norm == "l2" else 1] for c in curve])
-                rows += [{"image": i, "norm": norm, "budget": b, "l2": c[0], "linf": c[1]}
-                         for b, c in zip(args.budgets, curve)]
+                rows += [{"model": label, "image": i, "norm": norm, "budget": b, "l2": c[0],
+                          "linf": c[1]}
+                         for b, c in zip(args.budgets, budget_curve(trace, args.budgets))]
                 bar.update()
-    seconds, queries = time.perf_counter() - t0, counted()
+            # after each image: an interruption keeps what was measured, and the same command
+            # continues from there
+            write_csv(out / "decision.csv", rows)
+            write_json(out / "progress.json", {"queries": before["queries"] + counted(),
+                                               "seconds": before["seconds"]
+                                               + time.perf_counter() - t0})
+    seconds, queries = before["seconds"] + time.perf_counter() - t0, before["queries"] + counted()
+    curves = {n: [[r["l2" if n == "l2" else "linf"] for r in rows
+                   if r["image"] == i and r["norm"] == n] for i in range(len(x))]
+              for n in args.norms}
     linf_min, l2_min = whitebox_minimum(model, x, t)
     summary = {"hopskipjump": {n: np.median(np.array(c), axis=0).tolist()
                                for n, c in curves.items()},
@@ -98,7 +135,6 @@ def run(args):
             + f" queries; white-box minimum {summary['whitebox'][norm]:.3f}", flush=True)
     print(f"  {queries} queries counted by {'the server' if args.api else 'the oracle'} "
           f"({seconds:.0f} s)", flush=True)
-    write_csv(out / "decision.csv", rows)
     write_json(out / "decision.json", {"model": str(path), "label": label, "api": args.api,
                                        "images": len(x), "budgets": args.budgets,
                                        "queries_counted": queries, "seconds": seconds, **summary})

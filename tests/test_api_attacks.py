@@ -85,3 +85,32 @@ def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):  # noqa: F811
     assert code == 1 and "cannot reach http://127.0.0.1:9" in err and err.count("\n") == 1
     with pytest.raises(ApiError):
         ApiOracle("http://127.0.0.1:9", "k").usage()
+
+
+def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):  # noqa: F811
+    """Interrupted after its first image (the attack raises KeyboardInterrupt on the second),
+    the same command continues from the CSV written after each image: the finished run has
+    every image, and the first one's rows were not measured again."""
+    import experiments.decision as decision
+    url, _ = api
+    argv = ("decision", "--model", "tiny", "--api", url, "--api-key", "k", "--images", 6,
+            "--budgets", 40, 80, "--norms", "l2", "--out", tmp_path)
+    real, calls = decision.hopskipjump, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(decision, "hopskipjump", interrupted)
+    code, out, err = cli(*argv)
+    assert code == 130
+    first = (tmp_path / "decision.csv").read_text()
+    assert first.count("\n") == 3  # the header and image 0's two budgets
+    monkeypatch.setattr(decision, "hopskipjump", real)
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    assert "continuing: 1 runs" in out
+    rows = (tmp_path / "decision.csv").read_text()
+    assert rows.startswith(first) and rows.count("\n") == 1 + 2 * json.loads(
+        (tmp_path / "decision.json").read_text())["images"]
