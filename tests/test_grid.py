@@ -390,6 +390,13 @@ def test_kill_stops_a_background_grid_and_its_runs(tmp_path):
     run = tmp_path / "standard-seed0-t96-e40"
     epochs = load_checkpoint(run / "checkpoint.npz")[1]["epoch"]
     assert 2 <= epochs < 50 and len(csv_rows(run)) == epochs
+    # the same command (here asking for one epoch more) continues where the grid stopped
+    argv[argv.index("--epochs") + 1] = str(epochs + 1)
+    again = subprocess.run([sys.executable, "grid.py", *argv], cwd=Path(grid.__file__).parent,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming after epoch {epochs} on " in again.stdout
+    assert len(csv_rows(run)) == epochs + 1
 
 
 def _cmdline(pid):
