@@ -24,8 +24,8 @@ from nn.backend import device_of, to_numpy, xp_of
 from nn.losses import dlr_loss, softmax_cross_entropy
 
 from .gradient import eval_mode, loss_and_gradients
-from .iterative import keep_first_hit, per_image, project, put_rows, take_rows, uniform_start, \
-    where_rows
+from .iterative import (keep_first_hit, per_image, project, put_rows, ranked_targets,
+                        take_rows, uniform_start, where_rows)
 
 RHO = 0.75       # a step keeps its size while the loss rose in at least this share of steps
 MOMENTUM = 0.75  # weight of the new signed step; 1 - MOMENTUM goes to the previous move
@@ -133,14 +133,9 @@ def apgd_targeted(model, x, t, eps, steps=100, n_target_classes=9, rng=None,
     correctly (the others keep their adversarial point), so a broken image costs nothing more.
     Images misclassified from the start, and images no run breaks, come back unchanged.
     """
-    xp = xp_of(x)
-    with eval_mode(model):
-        logits = model.forward(x)
-        model.clear_caches()
-    order = xp.argsort(logits, axis=1, descending=True)
-    broken = to_numpy(xp.argmax(logits, axis=1) != t).astype(bool)
+    order, broken, ranks = ranked_targets(model, x, t, n_target_classes)
     x_adv = x
-    for rank in range(1, min(n_target_classes, logits.shape[1] - 1) + 1):
+    for rank in ranks:
         todo = np.flatnonzero(~broken)
         if todo.size == 0:
             break

@@ -24,7 +24,7 @@ from nn.backend import device_of, to_numpy, xp_of
 from nn.losses import one_hot
 
 from .gradient import eval_mode
-from .iterative import put_rows, take_rows, where_rows
+from .iterative import put_rows, ranked_targets, take_rows, where_rows
 
 ETA, BETA, ALPHA_MAX = 1.05, 0.9, 0.1  # AutoAttack's settings of FAB
 
@@ -117,13 +117,9 @@ def fab_targeted(model, x, t, eps, steps=100, n_target_classes=9, restarts=1, rn
     L-infinity distance eps / 2 (host generator rng, needed then).
     """
     xp = xp_of(x)
-    with eval_mode(model):
-        logits = model.forward(x)
-        model.clear_caches()
-    order = xp.argsort(logits, axis=1, descending=True)
-    broken = to_numpy(xp.argmax(logits, axis=1) != t).astype(bool)
+    order, broken, ranks = ranked_targets(model, x, t, n_target_classes)
     x_adv = x
-    for rank in range(1, min(n_target_classes, logits.shape[1] - 1) + 1):
+    for rank in ranks:
         for restart in range(restarts):
             todo = np.flatnonzero(~broken)
             if todo.size == 0:

@@ -57,6 +57,19 @@ def put_rows(x, index, rows):
     return take_rows(xp_of(x).concat([x, rows], axis=0), source)
 
 
+def ranked_targets(model, x, t, n_target_classes):
+    """What APGD-T and FAB-T go through: (order (N, K): the classes by clean logit, largest
+    first, so that order[:, r] is each image's r-th most likely class; broken (N,) host bool:
+    the images misclassified already; the ranks 1 .. min(n_target_classes, K - 1) to try)."""
+    xp = xp_of(x)
+    with eval_mode(model):
+        logits = model.forward(x)
+        model.clear_caches()
+    broken = to_numpy(xp.argmax(logits, axis=1) != t).astype(bool)
+    return (xp.argsort(logits, axis=1, descending=True), broken,
+            range(1, min(n_target_classes, logits.shape[1] - 1) + 1))
+
+
 def expected_gradient(model, x, labels, transform=None, samples=1, rng=None):
     """(logits of x or None, dJ/dx) of the cross-entropy J: of J(x) itself without a transform;
     with a family of random transformations (nn/transforms.py), Expectation over Transformation

@@ -22,6 +22,7 @@ import numpy as np
 from nn import (BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, LeakyReLU, ReLU, Sequential,
                 Sigmoid)
 from nn.backend import xp_of
+from nn.model import Parts
 from nn.functional import concat_backward, concat_forward
 from nn.losses import bce_with_logits
 from nn.optim import add_grads
@@ -38,7 +39,7 @@ def inpainting_input(y):
     return x
 
 
-class UNet:
+class UNet(Parts):
     """The generator: two encoder blocks, two decoder blocks, one skip (see the module)."""
 
     def __init__(self, rng=None, dropout=0.5):
@@ -50,37 +51,6 @@ class UNet:
                                Dropout(dropout, rng=rng)),
             "dec2": Sequential(ConvTranspose2d(64, 1, 4, 2, 1, rng=rng), Sigmoid())}
         self._skip = None
-
-    @property
-    def layers(self):
-        return [layer for part in self.parts.values() for layer in part.layers]
-
-    @property
-    def params(self):
-        return {f"{p}.{k}": v for p, m in self.parts.items() for k, v in m.params.items()}
-
-    def state_dict(self):
-        return {f"{p}.{k}": v for p, m in self.parts.items() for k, v in m.state_dict().items()}
-
-    def load_state_dict(self, state):
-        for p, m in self.parts.items():
-            m.load_state_dict({k[len(p) + 1:]: v for k, v in state.items()
-                               if k.startswith(p + ".")})
-
-    def to(self, xp, device=None):
-        for m in self.parts.values():
-            m.to(xp, device)
-        return self
-
-    def train(self):
-        for m in self.parts.values():
-            m.train()
-        return self
-
-    def eval(self):
-        for m in self.parts.values():
-            m.eval()
-        return self
 
     def forward(self, x):
         h1 = self.parts["enc1"].forward(x)

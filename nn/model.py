@@ -113,6 +113,43 @@ class Sequential:
         return "Sequential(\n" + "".join(f"  ({i}) {l!r}\n" for i, l in enumerate(self.layers)) + ")"
 
 
+class Parts:
+    """A model made of named Sequentials (`self.parts`) wired by hand (a VAE, a U-Net): what an
+    optimizer, a checkpoint, a device move and the train/eval switch see, each part's names
+    under its prefix ("enc.1.W")."""
+
+    @property
+    def layers(self):
+        return [layer for part in self.parts.values() for layer in part.layers]
+
+    @property
+    def params(self):
+        return {f"{p}.{k}": v for p, m in self.parts.items() for k, v in m.params.items()}
+
+    def state_dict(self):
+        return {f"{p}.{k}": v for p, m in self.parts.items() for k, v in m.state_dict().items()}
+
+    def load_state_dict(self, state):
+        for p, m in self.parts.items():
+            m.load_state_dict({k[len(p) + 1:]: v for k, v in state.items()
+                               if k.startswith(p + ".")})
+
+    def to(self, xp, device=None):
+        for m in self.parts.values():
+            m.to(xp, device)
+        return self
+
+    def train(self):
+        for m in self.parts.values():
+            m.train()
+        return self
+
+    def eval(self):
+        for m in self.parts.values():
+            m.eval()
+        return self
+
+
 def first_param(model):
     """One parameter array of `model`: its namespace, device and dtype stand for the model's.
 

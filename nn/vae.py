@@ -13,7 +13,7 @@ import numpy as np
 from .backend import device_of, xp_of
 from .layers import Dense, Flatten, ReLU
 from .losses import bce_with_logits
-from .model import Sequential
+from .model import Parts, Sequential
 
 
 def reparameterize_forward(mu, logvar, eps):
@@ -48,7 +48,7 @@ def kl_gaussians(mu, logvar, mu2, logvar2):
     return kl, (diff / var2, 0.5 * (var / var2 - 1))
 
 
-class VAE:
+class VAE(Parts):
     """The encoder and the decoder (two Sequentials) with the sampling step between them."""
 
     def __init__(self, code=16, hidden=256, rng=None):
@@ -59,24 +59,6 @@ class VAE:
         self.decoder = Sequential(Dense(code, hidden, rng=rng), ReLU(),
                                   Dense(hidden, 28 * 28, rng=rng))
         self.parts = {"enc": self.encoder, "dec": self.decoder}
-
-    # what the optimizer, the checkpoints and the devices see: both parts under a prefix
-    @property
-    def params(self):
-        return {f"{p}.{k}": v for p, m in self.parts.items() for k, v in m.params.items()}
-
-    def state_dict(self):
-        return {f"{p}.{k}": v for p, m in self.parts.items() for k, v in m.state_dict().items()}
-
-    def load_state_dict(self, state):
-        for p, m in self.parts.items():
-            m.load_state_dict({k[len(p) + 1:]: v for k, v in state.items()
-                               if k.startswith(p + ".")})
-
-    def to(self, xp, device=None):
-        for m in self.parts.values():
-            m.to(xp, device)
-        return self
 
     def encode(self, x):
         """(mu, logvar) (N, code) of images x (N, 1, 28, 28); keeps the encoder's caches."""
