@@ -15,7 +15,6 @@ from attacks import predict
 from data.mnist import load_mnist
 from experiments.common import load_model
 from models import build
-from nn.backend import namespace_for
 from test_experiments import cli  # noqa: F401  (the fixture)
 from test_train import SMALL, assert_one_sentence
 
@@ -100,3 +99,19 @@ def test_a_file_that_is_no_export_is_one_sentence(cli, tmp_path):
     assert code == 1
     assert_one_sentence(err.replace("attack.py gallery: error", "train.py: error"),
                         "bad.safetensors is not a readable export of the reference CNN")
+
+
+def test_the_committed_models_match_their_manifest():
+    """Every model the manifest lists: its file, under 1 MB, matches its SHA-256 (models.load
+    checks it), was made by the command it names, and reads the first 1,000 test images about
+    as accurately as the manifest says of all 10,000."""
+    entries = models.manifest()
+    assert entries, "no shipped model: run python -m models.build"
+    x, t = load_mnist("test", limit=1000)
+    for name, entry in entries.items():
+        model, settings, _ = models.load(name)
+        assert entry["bytes"] < 1_000_000 and settings["mode"] == name
+        assert entry["command"].startswith(f"python train.py --mode {name} --epochs ")
+        assert entry["robust"] <= entry["pgd20"] <= entry["clean"]
+        # the first 1,000 test images are easier than the rest, by about a point here
+        assert abs(np.mean(predict(model, x) == t) - entry["clean"]) < 0.015, name
