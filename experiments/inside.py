@@ -124,7 +124,6 @@ def run(args):
     paths = [args.checkpoint] if args.checkpoint else [models.path_of(m) for m in args.models]
     out = out_dir(args.out)
     x, t = test_set(args)
-    args.modes = ["standard"]
     judge = train_model(train_flags(args, "standard", 2), xp)[0]
     rng = np.random.default_rng(args.seed)
     grey = np.full((1, 1, 28, 28), 0.5, dtype=np.float32)
