@@ -48,8 +48,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from web.client import ApiError  # the attacks over serve.py's API: one sentence too
     args = parse_args(argv)
-    return run_cli(f"attack.py {args.experiment}", args.run, args, errors=(ExperimentError,),
+    return run_cli(f"attack.py {args.experiment}", args.run, args,
+                   errors=(ExperimentError, ApiError),
                    interrupted=f"interrupted: {args.out} keeps what was written before; models "
                                "being trained keep their last epoch and are resumed next time")
 
