@@ -114,3 +114,11 @@ def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):
     rows = (tmp_path / "decision.csv").read_text()
     assert rows.startswith(first) and rows.count("\n") == 1 + 2 * json.loads(
         (tmp_path / "decision.json").read_text())["images"]
+
+
+def test_a_full_batch_of_float32_images_stays_far_below_the_body_limit():
+    from web.client import pixels
+    images = np.random.default_rng(0).uniform(0, 1, (250, 1, 28, 28)).astype(np.float32)
+    body = json.dumps({"images": pixels(images), "model": "standard", "output": "label"})
+    assert len(body) < 2_500_000  # serve.py's default limit is 4,000,000 bytes
+    np.testing.assert_allclose(np.array(json.loads(body)["images"])[:, None], images, atol=5e-7)

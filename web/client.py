@@ -18,6 +18,13 @@ import numpy as np
 from attacks.blackbox import QueryBudgetExceeded
 
 
+def pixels(images):
+    """Host images (N, 1, 28, 28) as nested lists of numbers rounded to 6 decimals, in float64
+    first: a float32 such as 0.3 would otherwise print as 0.30000001192092896, and 250 images
+    would pass serve.py's 4 MB body limit."""
+    return np.round(np.asarray(images, dtype=np.float64).reshape(-1, 28, 28), 6).tolist()
+
+
 class ApiError(Exception):
     """The API answered an error, or could not be reached (one sentence)."""
 
@@ -66,8 +73,8 @@ class ApiOracle:
                                       f"{self.queries} were asked already, {n} more would pass")
         out = []
         for start in range(0, n, self.batch):
-            part = np.round(images[start:start + self.batch].reshape(-1, 28, 28), 6)
-            r = self._request("/api/v1/predict", {"images": part.tolist(), "model": self.model,
+            part = pixels(images[start:start + self.batch])
+            r = self._request("/api/v1/predict", {"images": part, "model": self.model,
                                                   "output": self.answer})
             self.queries += len(part)
             out.append(np.asarray(r["labels"], dtype=np.int64) if self.answer == "label"
