@@ -99,6 +99,12 @@ def model_for(args):
     return load_model(path, namespace_for(args.device))[0], path
 
 
+def model_paths(args):
+    """The models an experiment of several (--models) attacks: [--checkpoint], or the shipped
+    --models' files."""
+    return [args.checkpoint] if args.checkpoint else [models.path_of(m) for m in args.models]
+
+
 def run_name(path):
     """'adversarial, BN' style label of a checkpoint (from its run folder's settings.json) or of
     an exported model (from the settings in its file), else the folder's name."""

@@ -28,8 +28,8 @@ from nn.backend import namespace_for, to_device
 from nn.losses import one_hot
 from training.cli import positive_int
 
-from .common import (host, load_model, on_model, out_dir, run_name, test_set, train_model,
-                     write_json)
+from .common import (host, load_model, model_paths, on_model, out_dir, run_name, test_set,
+                     train_model, write_json)
 from .figures import plt
 from .transfer import train_flags
 
@@ -121,7 +121,7 @@ def spearman(a, b):
 
 def run(args):
     xp = namespace_for(args.device)
-    paths = [args.checkpoint] if args.checkpoint else [models.path_of(m) for m in args.models]
+    paths = model_paths(args)
     out = out_dir(args.out)
     x, t = test_set(args)
     judge = train_model(train_flags(args, "standard", 2), xp)[0]

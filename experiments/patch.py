@@ -19,7 +19,8 @@ from data.mnist import load_mnist
 from nn.backend import namespace_for
 from training.cli import int_at_least, positive_int
 
-from .common import load_model, out_dir, progress, run_name, test_set, write_csv, write_json
+from .common import (load_model, model_paths, out_dir, progress, run_name, test_set, write_csv,
+                     write_json)
 from .figures import plt
 
 DEFAULTS = {"images": 1000}
@@ -54,7 +55,7 @@ def success(model, x, patch, theta, target):
 
 def run(args):
     xp = namespace_for(args.device)
-    paths = [args.checkpoint] if args.checkpoint else [models.path_of(m) for m in args.models]
+    paths = model_paths(args)
     out = out_dir(args.out)
     train_x, train_t = load_mnist("train", args.data_dir, args.train_images)
     test_x, test_t = test_set(args)

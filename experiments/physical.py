@@ -25,8 +25,8 @@ from nn.backend import namespace_for
 from nn.transforms import FAMILIES, print_and_photograph
 from training.cli import float_in, positive_int
 
-from .common import (host, load_model, on_model, out_dir, progress, run_name, test_set,
-                     write_csv, write_json)
+from .common import (host, load_model, model_paths, on_model, out_dir, progress, run_name,
+                     test_set, write_csv, write_json)
 from .figures import plt
 
 DEFAULTS = {"images": 500}
@@ -92,7 +92,7 @@ def transformed_correct(model, x, t, family, draws, rng):
 
 def run(args):
     xp = namespace_for(args.device)
-    paths = [args.checkpoint] if args.checkpoint else [models.path_of(m) for m in args.models]
+    paths = model_paths(args)
     out = out_dir(args.out)
     x, t = test_set(args)
     rows, curves = [], {}

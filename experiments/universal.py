@@ -20,7 +20,8 @@ from data.mnist import load_mnist
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
-from .common import load_model, out_dir, run_name, test_set, train_model, write_csv, write_json
+from .common import (load_model, model_paths, out_dir, run_name, test_set, train_model,
+                     write_csv, write_json)
 from .figures import plt
 from .transfer import train_flags
 
@@ -54,7 +55,7 @@ def rates(model, x, t, v):
 
 def run(args):
     xp = namespace_for(args.device)
-    paths = [args.checkpoint] if args.checkpoint else [models.path_of(m) for m in args.models]
+    paths = model_paths(args)
     out = out_dir(args.out)
     train_x, _ = load_mnist("train", args.data_dir, args.train_images)
     x, t = test_set(args)
