@@ -169,9 +169,11 @@ def targeted_pgd_l2(model, x, target, eps=2.0, step=None, steps=20):
     """Targeted PGD in the L2 ball: descend the cross-entropy of `target` (N,) from x (N, C, H,
     W) by steps of `step` (default 2.5 eps / steps) along the gradient divided by its L2 norm
     (per image), each followed by the projection onto [0, 1] and then into ||x_adv - x|| <= eps
-    (rescaling the change: a mix of two points of the box stays in the box). Returns x_adv."""
+    (rescaling the change: a mix of two points of the box stays in the box). eps and step are
+    scalars or (N,) per-image values. Returns x_adv."""
     xp = xp_of(x)
-    step = 2.5 * eps / steps if step is None else step
+    step = 2.5 * np.asarray(eps) / steps if step is None else step
+    eps, step = per_image(eps, x), per_image(step, x)
     x_adv = x
     with eval_mode(model):
         for _ in range(steps):
@@ -193,15 +195,17 @@ def targeted_pgd(model, x, target, eps=0.3, step=None, steps=20):
     return signed_steps(model, x, target, eps, step, steps, direction=-1.0)
 
 
-def smallest_targeted(model, x, target, max_eps=1.0, steps=20, searches=8):
-    """The lecture's "closest image classified as the target", searched over the L-infinity size.
+def smallest_targeted(model, x, target, max_eps=1.0, steps=20, searches=8, norm="linf"):
+    """The lecture's "closest image classified as the target", searched over the size of the ball.
 
-    For each image, bisection over eps in (0, max_eps] for the smallest ball in which targeted
-    PGD reaches class `target` (N,); `searches` halvings give a resolution of max_eps / 2**searches.
+    For each image, bisection over eps in (0, max_eps] for the smallest ball (L-infinity, or L2
+    with norm="l2": targeted_pgd_l2) in which targeted PGD reaches class `target` (N,);
+    `searches` halvings give a resolution of max_eps / 2**searches.
     Returns (x_adv like x, eps (N,) host float array, success (N,) host bool array): x_adv is
     the successful image of the smallest eps tried (x itself where none succeeded).
     """
     xp = xp_of(x)
+    attack = {"linf": targeted_pgd, "l2": targeted_pgd_l2}[norm]
     n = x.shape[0]
     low, high = np.zeros(n), np.full(n, float(max_eps))
     success = np.zeros(n, dtype=bool)
@@ -209,7 +213,7 @@ def smallest_targeted(model, x, target, max_eps=1.0, steps=20, searches=8):
     # the largest ball first, then `searches` halvings of the interval that holds the boundary
     for i in range(searches + 1):
         eps = high.copy() if i == 0 else (low + high) / 2
-        x_try = targeted_pgd(model, x, target, eps=eps, steps=steps)
+        x_try = attack(model, x, target, eps=eps, steps=steps)
         with eval_mode(model):
             hit = xp.argmax(model.forward(x_try), axis=1) == target
         best = where_rows(hit, x_try, best)

@@ -66,6 +66,21 @@ def test_smallest_targeted_finds_the_linear_boundary():
     assert np.abs(best - x).reshape(3, -1).max(axis=1) == pytest.approx(eps, abs=1e-12)
 
 
+def test_smallest_targeted_in_l2_finds_the_linear_boundary():
+    """In L2 the smallest change is |x.w| / ||w||_2, along w (no clipping on these images)."""
+    model = linear_model(W_LIN)
+    x = images([0.6, 0.2, 0.5, 0.5], [0.5, 0.4, 0.5, 0.5], [0.1, 0.6, 0.1, 0.1])
+    target = np.array([1, 1, 0])
+    boundary = np.abs(x.reshape(3, -1) @ W_LIN) / np.linalg.norm(W_LIN)
+    best, eps, ok = smallest_targeted(model, x, target, max_eps=1.0, steps=10, searches=10,
+                                      norm="l2")
+    assert ok.all()
+    assert np.all(eps >= boundary - 1e-9) and np.all(eps <= boundary + 1.0 / 2**10)
+    np.testing.assert_array_equal(np.argmax(model.forward(best), axis=1), target)
+    np.testing.assert_allclose(np.linalg.norm((best - x).reshape(3, -1), axis=1), eps,
+                               atol=1e-9)
+
+
 def test_smallest_targeted_reports_failure_outside_the_largest_ball():
     model = linear_model(W_LIN)
     x = images([0.6, 0.2, 0.5, 0.5])
