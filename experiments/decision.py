@@ -28,6 +28,7 @@ from .figures import plt
 from .targeted import pairs
 
 DEFAULTS = {"images": 100}
+EPS = 0.3  # the exercise's L-infinity size
 NORMS = ("l2", "linf")
 
 
@@ -131,10 +132,19 @@ def run(args):
     summary = {"hopskipjump": {n: np.median(np.array(c), axis=0).tolist()
                                for n, c in curves.items()},
                "whitebox": {"linf": float(np.median(linf_min)), "l2": float(np.median(l2_min))}}
+    if "linf" in curves:  # the share of images adversarial within the exercise's eps
+        summary["within_eps"] = {"eps": EPS, "hopskipjump": np.mean(
+            np.array(curves["linf"]) <= EPS, axis=0).tolist(),
+            "whitebox": float(np.mean(linf_min <= EPS))}
     for norm in args.norms:
         print(f"  {norm}: median distortion " + ", ".join(
             f"{v:.3f} at {b}" for b, v in zip(args.budgets, summary["hopskipjump"][norm]))
             + f" queries; white-box minimum {summary['whitebox'][norm]:.3f}", flush=True)
+    if "within_eps" in summary:
+        print(f"  adversarial within L-infinity {EPS}: " + ", ".join(
+            f"{100 * v:.0f}% at {b}" for b, v in zip(args.budgets,
+                                                     summary["within_eps"]["hopskipjump"]))
+            + f" queries; white-box {100 * summary['within_eps']['whitebox']:.0f}%", flush=True)
     print(f"  {queries} queries counted by {'the server' if args.api else 'the oracle'} "
           f"({seconds:.0f} s)", flush=True)
     write_json(out / "decision.json", {"model": str(path), "label": label, "api": args.api,

@@ -63,6 +63,8 @@ def test_attack_py_decision_over_the_api(api, cli, tmp_path):  # noqa: F811
     for norm in ("l2", "linf"):
         curve = r["hopskipjump"][norm]
         assert len(curve) == 2 and curve[1] <= curve[0]
+    within = r["within_eps"]["hopskipjump"]  # shares of images, growing with the budget
+    assert r["within_eps"]["eps"] == 0.3 and 0 <= within[0] <= within[1] <= 1
     assert f"queries counted by the server" in out
     assert (tmp_path / "decision.png").read_bytes().startswith(b"\x89PNG")
 
