@@ -188,7 +188,7 @@ def check_pixels(value, shape, name):
 def _has_non_numbers(value, depth):
     """Whether the leaves of regular nested lists `depth` deep hold anything but ints and floats
     (NumPy reads True and "0.5"). Chaining the levels and mapping type() keeps the walk in C:
-    a batch of 250 images takes 5 ms instead of 50 ms with a Python loop."""
+    a batch of 250 images takes 8 ms instead of 55 ms with a Python loop."""
     leaves = [value]
     for _ in range(depth):
         leaves = chain.from_iterable(leaves)
