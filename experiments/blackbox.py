@@ -161,8 +161,10 @@ def run(args):
           flush=True)
     rng = np.random.default_rng(args.seed)
     attacks = {"fgs": lambda m, x, t: fgs(m, x, t, args.alpha),
+               # the last iterate: the first one that fools the source model sits just past
+               # its boundary and transfers worst
                "pgd": lambda m, x, t: pgd(m, x, t, args.alpha, steps=args.steps,
-                                          random_start=True, rng=rng)}
+                                          random_start=True, rng=rng, keep_first=False)}
     whitebox = {a: success(predict(model, craft(model, held, truth, fn, f"{a} on the victim")),
                            truth, correct) for a, fn in attacks.items()}
     print("white-box on the victim (for reference): " + ", ".join(

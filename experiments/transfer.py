@@ -111,8 +111,10 @@ def run(args):
           flush=True)
     rng = np.random.default_rng(args.seed)
     attacks = {"fgs": lambda m, x, t: fgs(m, x, t, args.alpha),
+               # the last iterate: the first one that fools the source model sits just past
+               # its boundary and transfers worst
                "pgd": lambda m, x, t: pgd(m, x, t, args.alpha, steps=args.steps,
-                                          random_start=True, rng=rng)}
+                                          random_start=True, rng=rng, keep_first=False)}
     titles = {"fgs": f"FGS, alpha {args.alpha}",
               "pgd": f"PGD, eps {args.alpha}, {args.steps} steps, random start"}
     matrices = {a: [[None] * len(nets) for _ in nets] for a in attacks}

@@ -209,3 +209,14 @@ def test_augmentation_rounds_use_the_schedule(victim, tmp_path, monkeypatch):
                         "--methods", "jacobian", "--tau", "2") == 0
     assert sorted(set(steps), key=steps.index) == [-0.1, 0.1]
     assert steps[0] == -0.1 and steps[-1] == 0.1  # rounds 0, 1 down the logit, round 2 up
+
+
+def test_substitute_pgd_is_the_last_iterate(victim, tmp_path, monkeypatch):
+    """As in attack.py transfer: PGD on the substitute keeps its last iterate, not the first one
+    that fools the substitute (which transfers worst)."""
+    import experiments.blackbox as blackbox
+    real, seen = blackbox.pgd, []
+    monkeypatch.setattr(blackbox, "pgd", lambda *a, **k: seen.append(k["keep_first"])
+                        or real(*a, **k))
+    assert run_blackbox(victim, tmp_path / "out", "--budgets", "10") == 0
+    assert seen and not any(seen)

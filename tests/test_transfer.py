@@ -58,3 +58,14 @@ def test_transfer_bad_flag_is_an_argparse_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         attack.main(["transfer", "--out", str(tmp_path), "--modes", "robust"])
     assert exc.value.code == 2 and "--modes" in capsys.readouterr().err
+
+
+def test_transferred_pgd_is_the_last_iterate(tmp_path, monkeypatch):
+    """The first iterate that fools the source sits just past its boundary and transfers worst:
+    the crafted PGD images are the last iterates (keep_first=False)."""
+    import experiments.transfer as transfer
+    real, seen = transfer.pgd, []
+    monkeypatch.setattr(transfer, "pgd", lambda *a, **k: seen.append(k["keep_first"])
+                        or real(*a, **k))
+    assert attack.main(["transfer", "--out", str(tmp_path / "out"), *TINY]) == 0
+    assert seen and not any(seen)
