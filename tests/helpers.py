@@ -5,9 +5,9 @@ from array_api_compat import array_namespace, device
 from nn.backend import to_numpy
 
 
-def assert_like(out, ref, like):
+def assert_like(out, ref, like, atol=1e-6):
     """`out` has the namespace, device and dtype of `like`, and equals NumPy's `ref`."""
     assert array_namespace(out) is array_namespace(like)
     assert device(out) == device(like)
     assert out.dtype == like.dtype
-    np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-5, atol=atol)
