@@ -4,6 +4,7 @@
     python grid.py run --seeds 0 --jobs 2 -- --train-limit 6000   # flags after -- go to train.py
     python grid.py report --readme README.md   # results/grid -> results/README.md, figures,
                                                # and the last-epoch rows in README.md
+    python grid.py compare    # results/grid against results/grid-fashion-mnist -> results/datasets
 
 `run` trains every (mode, BatchNorm, seed) of the grid as its own train.py process with one BLAS
 thread, --jobs at a time, into <runs>/<mode>[-bn]-seed<seed>; finished runs are skipped and
@@ -11,7 +12,9 @@ interrupted ones resumed, so the same command continues after Ctrl-C or `kill`. 
 is the exercise's (standard, noise, adversarial; with and without BatchNorm; seeds 0, 1, 2; 50
 epochs; PGD accuracy of the first 1,000 test images every epoch), plus PGD training with and
 without BatchNorm (seed 0, 20 epochs) as the reference of real robustness.
-`report` reads a folder of runs (no training) and writes README.md, accuracy.png and robust.png.
+`report` reads a folder of runs (no training) and writes README.md, accuracy.png and robust.png;
+`compare` puts several grid folders (one dataset each) side by side, with the worst cases of
+`attack.py robust`.
 """
 import argparse
 import signal
@@ -22,6 +25,7 @@ from data.mnist import DATASETS
 from training.cli import (HelpFormatter, RunError, TrainingError, float_in, int_at_least,
                           positive_int, run_cli)
 from training.grid import execute, plan, refuse_to_lose_epochs
+from training.compare import write_comparison
 from training.report import BLOCK, update_readme, write_report
 
 PROG = "grid.py"
@@ -77,14 +81,27 @@ def parse_args(argv=None):
     rep.add_argument("--readme", type=Path,
                      help="also write the accuracy figure and every variant's last-epoch row "
                           f"into this file, between its lines {BLOCK[0]} and {BLOCK[1]}")
+    c = sub.add_parser("compare", help="grids of several datasets side by side",
+                       formatter_class=HelpFormatter)
+    c.add_argument("--runs", type=Path, nargs="+",
+                   default=[Path("results") / "grid", Path("results") / "grid-fashion-mnist"],
+                   help="grid folders, one dataset each")
+    c.add_argument("--robust", type=Path, nargs="*",
+                   default=[Path("results") / "robust", Path("results") / "robust-fashion-mnist"],
+                   help="folders searched for attack.py robust's results.json (worst cases)")
+    c.add_argument("--out", type=Path, default=Path("results") / "datasets",
+                   help="folder for README.md and datasets.png")
     args = p.parse_args(argv)
-    if args.command == "report" and extra:
-        p.error("report takes no train.py flags")
+    if args.command != "run" and extra:
+        p.error(f"{args.command} takes no train.py flags")
     args.extra = extra
     return args
 
 
 def run(args):
+    if args.command == "compare":
+        print(f"wrote {write_comparison(args.runs, args.robust, args.out)}")
+        return 0
     if args.command == "report":
         print(f"wrote {write_report(args.runs, args.out, args.epochs)}")
         if args.readme:

@@ -442,3 +442,66 @@ def test_the_fashion_grid_names_its_dataset_and_eps(tmp_path):
     flags = parse_args(run.flags)
     assert (flags.dataset, flags.alpha, flags.fgv_alpha, flags.noise_alpha) == \
         ("fashion-mnist", 0.1, 0.2, 0.1)
+
+
+def two_datasets(tmp_path):
+    """The fixture's standard runs as an MNIST grid and, relabelled, as a Fashion-MNIST grid at
+    eps 0.1 with one FGS-trained run at 0.3; returns the two folders."""
+    folders = tmp_path / "mnist", tmp_path / "fashion"
+    for folder, dataset, eps in zip(folders, ("mnist", "fashion-mnist"), (0.3, 0.1)):
+        for name in ("standard-seed0-t300-e100", "standard-seed1-t300-e100",
+                     "adversarial-seed0-t300-e100"):
+            shutil.copytree(FIXTURE / name, folder / name)
+            settings = json.loads((folder / name / "settings.json").read_text())
+            alpha = 0.3 if name.startswith("adversarial") else eps
+            (folder / name / "settings.json").write_text(json.dumps(
+                {**settings, "dataset": dataset, "alpha": alpha}))
+    return folders
+
+
+def robust_results(path, checkpoint, eps, acc, attacks=("pgd", "apgd-ce", "apgd-t", "square")):
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({
+        "settings": {"attacks": list(attacks)},
+        "models": [{"checkpoint": str(checkpoint), "eps": eps, "robust_acc": acc}]}))
+
+
+def test_compare_puts_each_training_of_each_dataset_side_by_side(tmp_path, capsys):
+    mnist, fashion = two_datasets(tmp_path)
+    robust = tmp_path / "robust"
+    robust_results(robust / "a", mnist / "standard-seed0-t300-e100" / "checkpoint.npz", 0.3, 0.25)
+    robust_results(robust / "b", fashion / "standard-seed1-t300-e100" / "checkpoint.npz", 0.1,
+                   0.125)
+    robust_results(robust / "c", fashion / "standard-seed0-t300-e100" / "checkpoint.npz", 0.1,
+                   0.5, attacks=("pgd",))  # PGD alone is no worst case
+    code, out, err = run_grid(capsys, "compare", "--runs", mnist, fashion, "--robust", robust,
+                              "--out", tmp_path / "out")
+    assert code == 0, err
+    assert (tmp_path / "out" / "datasets.png").read_bytes().startswith(PNG)
+    rows = {}
+    for line in (tmp_path / "out" / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[2].isdigit():
+            rows[cells[0], cells[1]] = cells[2:]
+    clean = 100 * np.array([csv_column(f"standard-seed{s}-t300-e100", "clean_acc")[-1]
+                            for s in (0, 1)])
+    pgd = 100 * np.array([csv_column(f"standard-seed{s}-t300-e100", "pgd_robust_acc")[-1]
+                          for s in (0, 1)])
+    for dataset, worst in (("MNIST, 0.3", "25.00 (seed 0)"), ("Fashion-MNIST, 0.1",
+                                                             "12.50 (seed 1)")):
+        seeds, epochs, c, fgs, fgv, p, w = rows["standard", dataset]
+        assert (seeds, epochs, w) == ("2", "3", worst)
+        assert c == f"{clean.mean():.2f} ± {clean.std(ddof=1):.2f}"
+        assert p.startswith(f"{pgd.mean():.2f}")
+    assert set(rows) == {("standard", "MNIST, 0.3"), ("standard", "Fashion-MNIST, 0.1"),
+                         ("adversarial", "MNIST, 0.3"), ("adversarial", "Fashion-MNIST, 0.3")}
+    assert rows["adversarial", "Fashion-MNIST, 0.3"][-1] == ""
+
+
+def test_compare_refuses_two_grids_of_one_dataset(tmp_path, capsys):
+    mnist, _ = two_datasets(tmp_path)
+    code, out, err = run_grid(capsys, "compare", "--runs", mnist, mnist, "--robust",
+                              "--out", tmp_path / "out")
+    assert code == 1
+    assert err.strip() == ("grid.py: error: two of the folders hold the same dataset (MNIST, "
+                           "MNIST): compare one grid per dataset")
