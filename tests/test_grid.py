@@ -505,3 +505,16 @@ def test_compare_refuses_two_grids_of_one_dataset(tmp_path, capsys):
     assert code == 1
     assert err.strip() == ("grid.py: error: two of the folders hold the same dataset (MNIST, "
                            "MNIST): compare one grid per dataset")
+
+
+def test_a_fashion_report_cites_fashion_references_and_names_eps_of_unfinished_runs(
+        tmp_path, capsys):
+    _, fashion = two_datasets(tmp_path)
+    settings = json.loads((fashion / "standard-seed0-t300-e100" / "settings.json").read_text())
+    (fashion / "standard-seed0-t300-e100" / "settings.json").write_text(
+        json.dumps({**settings, "epochs": 25}))
+    code, out, err = run_grid(capsys, "report", "--runs", fashion, "--out", tmp_path / "r")
+    assert code == 0, err
+    readme = (tmp_path / "r" / "README.md").read_text()
+    assert "Wong and Kolter 2018" in readme and "Goodfellow et al. 2015" not in readme
+    assert "standard, eps 0.1 seed 0 (3 of 25, starts again)" in readme
