@@ -6,6 +6,7 @@ epoch is the mean over the seeds that reached it. No training happens here.
 """
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -190,18 +191,19 @@ def overfits(fgs, pgd):
 def figure(variants, path, measures, title):
     """One panel per measure: the mean over seeds per variant, with the min-max band."""
     fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 4.2), squeeze=False)
+    main = Counter(k[2] for k in variants).most_common(1)[0][0]
     for ax, (col, name) in zip(axes[0], measures):
         for i, (key, seeds) in enumerate(variants.items()):
+            # a variant at another eps than most (FGS training at 0.3 beside 0.1) gets its own hue
+            color = f"C{(ORDER.index(key[0]) + 4 * (key[2] != main)) % 10}"
             epochs, v = stack(seeds, col)
             if np.all(np.isnan(v)):
                 continue
             with np.errstate(invalid="ignore"):
                 mean, low, high = (f(v, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
             style = "--" if key[1] else "-"
-            ax.plot(epochs, 100 * mean, style, color=f"C{ORDER.index(key[0]) % 10}",
-                    label=label(key))
-            ax.fill_between(epochs, 100 * low, 100 * high, color=f"C{ORDER.index(key[0]) % 10}",
-                            alpha=0.15, linewidth=0)
+            ax.plot(epochs, 100 * mean, style, color=color, label=label(key))
+            ax.fill_between(epochs, 100 * low, 100 * high, color=color, alpha=0.15, linewidth=0)
         ax.set(title=name, xlabel="epoch", ylim=(0, 100))
         if col == "clean_acc":  # clean accuracy lives near the top: zoom in on it
             ax.set_ylim(max(0.0, np.floor(min(line.get_ydata().min()
