@@ -474,6 +474,9 @@ def test_compare_puts_each_training_of_each_dataset_side_by_side(tmp_path, capsy
                    0.125)
     robust_results(robust / "c", fashion / "standard-seed0-t300-e100" / "checkpoint.npz", 0.1,
                    0.5, attacks=("pgd",))  # PGD alone is no worst case
+    longer = tmp_path / "longer" / "standard-seed0-t300-e100"  # the same run, outside the grid
+    shutil.copytree(mnist / "standard-seed0-t300-e100", longer)
+    robust_results(robust / "d", longer / "checkpoint.npz", 0.3, 0.75)
     code, out, err = run_grid(capsys, "compare", "--runs", mnist, fashion, "--robust", robust,
                               "--out", tmp_path / "out")
     assert code == 0, err

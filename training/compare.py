@@ -28,7 +28,8 @@ class Grid:
 
     def __init__(self, runs):
         variants, settings = load_runs(runs)
-        self.dataset, self.key = dataset_of(settings), settings[0].get("dataset", "mnist")
+        self.folder = Path(runs).resolve()
+        self.dataset = dataset_of(settings)
         self.eps = Counter(s["alpha"] for s in settings).most_common(1)[0][0]
         self.variants = {(m, b, None if e in (None, self.eps) else e): seeds
                          for (m, b, e), seeds in variants.items()}
@@ -51,9 +52,9 @@ class Grid:
 
 
 def worst_cases(folders):
-    """{(dataset, mode, bn, eps, seed): robust accuracy} from every results.json of `attack.py
-    robust` under `folders` whose attacks include APGD-CE, APGD-T and Square, for the models
-    whose checkpoint sits in a run folder (settings.json beside it)."""
+    """{(grid folder, mode, bn, eps, seed): robust accuracy} from every results.json of
+    `attack.py robust` under `folders` whose attacks include APGD-CE, APGD-T and Square, for the
+    models whose checkpoint sits in a run folder (settings.json beside it)."""
     found = {}
     for folder in folders:
         for path in sorted(Path(folder).rglob("results.json")):
@@ -64,10 +65,10 @@ def worst_cases(folders):
             if not NEEDED <= set(results.get("settings", {}).get("attacks", [])):
                 continue
             for m in results.get("models", []):
-                settings = Path(m["checkpoint"]).parent / "settings.json"
-                if settings.is_file():
-                    s = json.loads(settings.read_text())
-                    found[s.get("dataset", "mnist"), s["mode"], bool(s["bn"]), m["eps"],
+                run = Path(m["checkpoint"]).parent
+                if (run / "settings.json").is_file():
+                    s = json.loads((run / "settings.json").read_text())
+                    found[run.parent.resolve(), s["mode"], bool(s["bn"]), m["eps"],
                           int(s["seed"])] = m["robust_acc"]
     return found
 
@@ -75,8 +76,8 @@ def worst_cases(folders):
 def worst(grid, key, cases):
     """(mean, std, values, seeds) of the worst cases measured for a variant of `grid`."""
     eps = key[2] if key[2] is not None else grid.eps
-    hits = sorted((seed, acc) for (d, m, b, e, seed), acc in cases.items()
-                  if (d, m, b) == (grid.key, key[0], key[1]) and np.isclose(e, eps))
+    hits = sorted((seed, acc) for (folder, m, b, e, seed), acc in cases.items()
+                  if (folder, m, b) == (grid.folder, key[0], key[1]) and np.isclose(e, eps))
     v = np.array([acc for _, acc in hits])
     return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, v,
             [seed for seed, _ in hits])
