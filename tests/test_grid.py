@@ -521,3 +521,18 @@ def test_a_fashion_report_cites_fashion_references_and_names_eps_of_unfinished_r
     readme = (tmp_path / "r" / "README.md").read_text()
     assert "Wong and Kolter 2018" in readme and "Goodfellow et al. 2015" not in readme
     assert "standard, eps 0.1 seed 0 (3 of 25, starts again)" in readme
+
+
+def test_the_readme_shows_the_committed_comparison_of_the_datasets(tmp_path, monkeypatch):
+    """results/datasets regenerates from the committed runs and robust results, and the README
+    shows its table."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # the robust results name their checkpoints relative to the root
+    from training.compare import write_comparison
+    made = write_comparison([Path("results/grid"), Path("results/grid-fashion-mnist")],
+                            [Path("results/robust"), Path("results/robust-fashion-mnist")],
+                            tmp_path).read_text()
+    assert made == (root / "results" / "datasets" / "README.md").read_text(), \
+        "results/datasets is behind the runs: run python grid.py compare"
+    rows = [line for line in made.splitlines() if line.startswith("|")]
+    assert len(rows) > 10 and "\n".join(rows) in (root / "README.md").read_text()
