@@ -24,8 +24,8 @@ from pathlib import Path
 from data.mnist import DATASETS
 from training.cli import (HelpFormatter, RunError, TrainingError, float_in, int_at_least,
                           positive_int, run_cli)
-from training.grid import execute, plan, refuse_to_lose_epochs
 from training.compare import write_comparison
+from training.grid import execute, plan, refuse_to_lose_epochs
 from training.report import BLOCK, update_readme, write_report
 
 PROG = "grid.py"

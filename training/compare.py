@@ -45,6 +45,7 @@ class Grid:
         return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, v)
 
     def epochs_cell(self, key):
+        """'25', or '12-25 of 25' while some of the variant's runs are short of their epochs."""
         done, asked = zip(*self.epochs[key])
         if min(done) == max(asked):
             return str(max(asked))
