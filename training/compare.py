@@ -162,8 +162,9 @@ def write_comparison(runs, robust, out):
              "test images in % (an image counts if it is correct before and after the attack), "
              "each run at its last epoch: mean ± standard deviation over seeds (each seed's "
              "value too where they lie 10 points or more apart); PGD-20 on the first 1,000 test "
-             "images as train.py evaluates it; the worst case of `attack.py robust` (APGD-CE, APGD-T "
-             "and Square at least) on the first 1,000, for the seeds where it was measured.", "",
+             "images as train.py evaluates it; the worst case of `attack.py robust` (APGD-CE, "
+             "APGD-T and Square at least) on the first 1,000, for the seeds where it was "
+             "measured.", "",
              "![the datasets side by side](datasets.png)", "", *table(grids, cases), ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))

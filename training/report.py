@@ -229,7 +229,8 @@ def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
     figure(variants, out / "robust.png", (MEASURES[0],) + ROBUST,
            "Accuracy over epochs over all test images (correct before and after the attack)")
     mixed = len({s["alpha"] for s in settings}) > 1
-    short = [f"{label((s['mode'], s['bn'], s['alpha'] if mixed else None))} seed {s['seed']} ({s['done']} of {s['epochs']}"
+    short = [f"{label((s['mode'], s['bn'], s['alpha'] if mixed else None))} seed {s['seed']} "
+             f"({s['done']} of {s['epochs']}"
              f"{', resumes from its checkpoint' if s['resumable'] else ', starts again'})"
              for s in settings if s["done"] < s.get("epochs", 0)]
     lines = [f"# The exercise's results on {dataset_of(settings)}: every variant, several seeds",
