@@ -385,7 +385,7 @@ def test_training_steps_on_every_backend(xp, mode):
     (loss_np, _, opt_np), (loss, _, opt) = results
     assert_like(loss, to_numpy(loss_np), x)
     assert model.params.keys() == model_np.params.keys()
-    # two steps at lr 0.1 amplify float32 rounding: on an H200, CuPy (cuBLAS sums in another
+    # two steps at lr 0.1 amplify float32 rounding: on an H200, CuPy's float32 sums (in another
     # order) left 2 of 18 weights 2e-6 away from NumPy's after FGS training's steps
     for store, ref in ((model.params, model_np.params), (model.buffers, model_np.buffers),
                        (opt.velocity, opt_np.velocity)):

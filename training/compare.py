@@ -22,6 +22,12 @@ COLUMNS = (("clean_acc", "clean"), ("fgs_robust_acc", "FGS"), ("fgv_robust_acc",
 NEEDED = {"apgd-ce", "apgd-t", "square"}  # a worst case has at least these attacks
 
 
+def summary(values):
+    """(mean, sample std, values as an array); nan where there are too few values."""
+    v = np.array(values, dtype=float)
+    return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, v)
+
+
 class Grid:
     """One grid folder: its dataset, main eps, and {(mode, bn, eps or None): {seed: columns}}
     (eps None: the main eps), with the epochs each run reached and asked for."""
@@ -41,8 +47,7 @@ class Grid:
 
     def last(self, key, column):
         """(mean, std, each seed's value at its last epoch) of `column`."""
-        v = np.array([c[column][-1] for c in self.variants[key].values() if column in c])
-        return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, v)
+        return summary([c[column][-1] for c in self.variants[key].values() if column in c])
 
     def epochs_cell(self, key):
         """'25', or '12-25 of 25' while some of the variant's runs are short of their epochs."""
@@ -79,9 +84,7 @@ def worst(grid, key, cases):
     eps = key[2] if key[2] is not None else grid.eps
     hits = sorted((seed, acc) for (folder, m, b, e, seed), acc in cases.items()
                   if (folder, m, b) == (grid.folder, key[0], key[1]) and np.isclose(e, eps))
-    v = np.array([acc for _, acc in hits])
-    return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, v,
-            [seed for seed, _ in hits])
+    return (*summary([acc for _, acc in hits]), [seed for seed, _ in hits])
 
 
 def order(grids):
