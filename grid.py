@@ -24,7 +24,7 @@ from pathlib import Path
 from data.mnist import DATASETS
 from training.cli import (HelpFormatter, RunError, TrainingError, float_in, int_at_least,
                           positive_int, run_cli)
-from training.compare import write_comparison
+from training.compare import BLOCK as COMPARE_BLOCK, write_comparison
 from training.grid import execute, plan, refuse_to_lose_epochs
 from training.report import BLOCK, update_readme, write_report
 
@@ -91,6 +91,9 @@ def parse_args(argv=None):
                    help="folders searched for attack.py robust's results.json (worst cases)")
     c.add_argument("--out", type=Path, default=Path("results") / "datasets",
                    help="folder for README.md and datasets.png")
+    c.add_argument("--readme", type=Path,
+                   help="also write the table into this file, between its lines "
+                        f"{COMPARE_BLOCK[0]} and {COMPARE_BLOCK[1]}")
     args = p.parse_args(argv)
     if args.command != "run" and extra:
         p.error(f"{args.command} takes no train.py flags")
@@ -100,7 +103,9 @@ def parse_args(argv=None):
 
 def run(args):
     if args.command == "compare":
-        print(f"wrote {write_comparison(args.runs, args.robust, args.out)}")
+        print(f"wrote {write_comparison(args.runs, args.robust, args.out, args.readme)}")
+        if args.readme:
+            print(f"wrote the table into {args.readme}")
         return 0
     if args.command == "report":
         print(f"wrote {write_report(args.runs, args.out, args.epochs)}")

@@ -241,7 +241,8 @@ def test_grid_runs_skips_and_resumes_real_runs(tmp_path, capsys):
         capsys, *argv[:argv.index("--")], "--retrain", *argv[argv.index("--"):])
     assert code == 0, err
     assert "[standard-seed1-t96-e40] starting again (its 2 epochs have no checkpoint)" in out
-    assert [row["epoch"] for row in csv_rows(tmp_path / "standard-seed1-t96-e40")] == ["1", "2", "3"]
+    epochs = [row["epoch"] for row in csv_rows(tmp_path / "standard-seed1-t96-e40")]
+    assert epochs == ["1", "2", "3"]
 
 
 @pytest.mark.slow
@@ -510,6 +511,29 @@ def test_compare_refuses_two_grids_of_one_dataset(tmp_path, capsys):
                            "MNIST): compare one grid per dataset")
 
 
+def test_compare_writes_its_table_into_the_readme_block(tmp_path, capsys):
+    from training.compare import BLOCK as COMPARE_BLOCK
+    mnist, fashion = two_datasets(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# P\n\n{BLOCK[0]}\nkept\n{BLOCK[1]}\n{COMPARE_BLOCK[0]}\nstale\n"
+                      f"{COMPARE_BLOCK[1]}\nafter\n")
+    for _ in range(2):  # a second comparison rewrites the block, it does not add another
+        code, out, err = run_grid(capsys, "compare", "--runs", mnist, fashion, "--robust",
+                                  "--out", tmp_path / "out", "--readme", readme)
+        assert code == 0, err
+    text = readme.read_text()
+    rows = [line for line in (tmp_path / "out" / "README.md").read_text().splitlines()
+            if line.startswith("|")]
+    assert text == (f"# P\n\n{BLOCK[0]}\nkept\n{BLOCK[1]}\n{COMPARE_BLOCK[0]}\n"
+                    + "\n".join(rows) + f"\n{COMPARE_BLOCK[1]}\nafter\n")
+    readme.write_text("no markers\n")
+    code, out, err = run_grid(capsys, "compare", "--runs", mnist, fashion, "--robust",
+                              "--out", tmp_path / "out", "--readme", readme)
+    assert code == 1 and err.strip() == (
+        f"grid.py: error: {readme} has no block to write: it needs the line "
+        f"{COMPARE_BLOCK[0]} and, below it, {COMPARE_BLOCK[1]}")
+
+
 def test_a_fashion_report_cites_fashion_references_and_names_eps_of_unfinished_runs(
         tmp_path, capsys):
     _, fashion = two_datasets(tmp_path)
@@ -524,15 +548,18 @@ def test_a_fashion_report_cites_fashion_references_and_names_eps_of_unfinished_r
 
 
 def test_the_readme_shows_the_committed_comparison_of_the_datasets(tmp_path, monkeypatch):
-    """results/datasets regenerates from the committed runs and robust results, and the README
-    shows its table."""
+    """results/datasets regenerates from the committed runs and robust results, and the README's
+    block is its table."""
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # the robust results name their checkpoints relative to the root
-    from training.compare import write_comparison
+    from training.compare import BLOCK as COMPARE_BLOCK, write_comparison
     made = write_comparison([Path("results/grid"), Path("results/grid-fashion-mnist")],
                             [Path("results/robust"), Path("results/robust-fashion-mnist")],
                             tmp_path).read_text()
     assert made == (root / "results" / "datasets" / "README.md").read_text(), \
         "results/datasets is behind the runs: run python grid.py compare"
     rows = [line for line in made.splitlines() if line.startswith("|")]
-    assert len(rows) > 10 and "\n".join(rows) in (root / "README.md").read_text()
+    text = (root / "README.md").read_text()
+    block = text[text.index(COMPARE_BLOCK[0]) + len(COMPARE_BLOCK[0]):text.index(COMPARE_BLOCK[1])]
+    assert len(rows) > 10 and block.strip("\n").splitlines() == rows, \
+        "README.md is behind results/datasets: run python grid.py compare --readme README.md"

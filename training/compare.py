@@ -15,11 +15,13 @@ import numpy as np
 
 from .cli import RunError
 from .plots import plt
-from .report import ORDER, dataset_of, fmt, label, load_runs
+from .report import ORDER, dataset_of, fmt, label, load_runs, write_block
 
 COLUMNS = (("clean_acc", "clean"), ("fgs_robust_acc", "FGS"), ("fgv_robust_acc", "FGV"),
            ("pgd_robust_acc", "PGD-20"))
 NEEDED = {"apgd-ce", "apgd-t", "square"}  # a worst case has at least these attacks
+BLOCK = ("<!-- grid.py compare --readme writes from here -->",
+         "<!-- grid.py compare --readme writes up to here -->")
 
 
 def summary(values):
@@ -146,8 +148,9 @@ def figure(grids, cases, path):
     plt.close(fig)
 
 
-def write_comparison(runs, robust, out):
-    """out/README.md and out/datasets.png for the grid folders `runs`; returns the README."""
+def write_comparison(runs, robust, out, readme=None):
+    """out/README.md and out/datasets.png for the grid folders `runs`, and the table between the
+    BLOCK markers of file `readme` if given; returns out/README.md."""
     grids = [Grid(r) for r in runs]
     names = [g.dataset for g in grids]
     if len(set(names)) < len(names):
@@ -157,6 +160,7 @@ def write_comparison(runs, robust, out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figure(grids, cases, out / "datasets.png")
+    rows = table(grids, cases)
     lines = [f"# {' against '.join(names)}: every training at its last epoch", "",
              "Made by `python grid.py compare` from "
              + ", ".join(f"`{r}` ({g.dataset}, eps {g.eps:g})" for r, g in zip(runs, grids))
@@ -168,7 +172,9 @@ def write_comparison(runs, robust, out):
              "images as train.py evaluates it; the worst case of `attack.py robust` (APGD-CE, "
              "APGD-T and Square at least) on the first 1,000, for the seeds where it was "
              "measured.", "",
-             "![the datasets side by side](datasets.png)", "", *table(grids, cases), ""]
+             "![the datasets side by side](datasets.png)", "", *rows, ""]
+    if readme is not None:
+        write_block(readme, BLOCK, rows)
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -274,17 +274,22 @@ def readme_block(runs, out, base):
             *table(variants, ())]
 
 
-def update_readme(readme, runs, out):
-    """Rewrite the lines between the two BLOCK markers of `readme` with readme_block."""
+def write_block(readme, markers, lines):
+    """Rewrite the lines between the two `markers` lines of file `readme` with `lines`;
+    RunError in one sentence if it cannot be read or lacks the markers."""
     readme = Path(readme)
     try:
         text = readme.read_text()
     except OSError as exc:
         raise RunError(f"cannot read {readme}: {exc.strerror}") from None
-    start, end = text.find(BLOCK[0]), text.find(BLOCK[1])
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
-        raise RunError(f"{readme} has no block to write: it needs the line {BLOCK[0]} and, "
-                       f"below it, {BLOCK[1]}")
-    block = readme_block(runs, out, readme.parent)
-    readme.write_text(text[:start + len(BLOCK[0])] + "\n" + "\n".join(block) + "\n"
+        raise RunError(f"{readme} has no block to write: it needs the line {markers[0]} and, "
+                       f"below it, {markers[1]}")
+    readme.write_text(text[:start + len(markers[0])] + "\n" + "\n".join(lines) + "\n"
                       + text[end:])
+
+
+def update_readme(readme, runs, out):
+    """Rewrite the lines between the two BLOCK markers of `readme` with readme_block."""
+    write_block(readme, BLOCK, readme_block(runs, out, Path(readme).parent))
