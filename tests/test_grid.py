@@ -169,12 +169,17 @@ def test_a_readme_without_the_block_is_refused(tmp_path, capsys):
                           f"{BLOCK[0]} and, below it, {BLOCK[1]}"
 
 
+def block_lines(text, markers):
+    """The lines of `text` between its two `markers` lines."""
+    return text[text.index(markers[0]) + len(markers[0]):text.index(markers[1])].strip(
+        "\n").splitlines()
+
+
 def test_the_readme_shows_the_committed_grid_results():
     root = Path(__file__).resolve().parent.parent
     text = (root / "README.md").read_text()
-    block = text[text.index(BLOCK[0]) + len(BLOCK[0]):text.index(BLOCK[1])]
     expected = readme_block(root / "results" / "grid", root / "results", root)
-    assert block.strip("\n").splitlines() == expected, \
+    assert block_lines(text, BLOCK) == expected, \
         "README.md is behind results/grid: run python grid.py report --readme README.md"
 
 
@@ -560,6 +565,5 @@ def test_the_readme_shows_the_committed_comparison_of_the_datasets(tmp_path, mon
         "results/datasets is behind the runs: run python grid.py compare"
     rows = [line for line in made.splitlines() if line.startswith("|")]
     text = (root / "README.md").read_text()
-    block = text[text.index(COMPARE_BLOCK[0]) + len(COMPARE_BLOCK[0]):text.index(COMPARE_BLOCK[1])]
-    assert len(rows) > 10 and block.strip("\n").splitlines() == rows, \
+    assert len(rows) > 10 and block_lines(text, COMPARE_BLOCK) == rows, \
         "README.md is behind results/datasets: run python grid.py compare --readme README.md"

@@ -173,8 +173,8 @@ def write_comparison(runs, robust, out, readme=None):
              "APGD-T and Square at least) on the first 1,000, for the seeds where it was "
              "measured.", "",
              "![the datasets side by side](datasets.png)", "", *rows, ""]
-    if readme is not None:
-        write_block(readme, BLOCK, rows)
     path = out / "README.md"
     path.write_text("\n".join(lines))
+    if readme is not None:  # after results/datasets, which stays whole if `readme` is refused
+        write_block(readme, BLOCK, rows)
     return path
