@@ -25,7 +25,7 @@ def _distance(a, b, norm):
     return float(np.sqrt(np.sum(diff * diff)) if norm == "l2" else np.max(np.abs(diff)))
 
 
-class _Probe:
+class Probe:
     """The oracle seen as phi: images -> adversarial or not (host bool), counting every image."""
 
     def __init__(self, oracle, label, budget):
@@ -102,7 +102,7 @@ def hopskipjump(oracle, x, label, norm="l2", max_queries=20000, rng=None, gamma=
     x = np.asarray(x, dtype=np.float32)
     d = x.size
     theta = gamma / d ** 1.5 if norm == "l2" else gamma / d ** 2
-    phi = _Probe(oracle, label, max_queries)
+    phi = Probe(oracle, label, max_queries)
     trace = []
 
     def record(point):
@@ -118,13 +118,11 @@ def hopskipjump(oracle, x, label, norm="l2", max_queries=20000, rng=None, gamma=
     while phi.left() > 1:
         t += 1
         dist = _distance(x, x_adv, norm)
-        delta = 0.1 if t == 1 else (math.sqrt(d) if norm == "l2" else d) * theta * dist
+        delta = probe_radius(t, d, theta, dist, norm)
         n = min(int(init_evals * math.sqrt(t)), max_evals, phi.left() - 1)
-        update = _direction(phi, x_adv, n, delta, norm, rng)
-        step = dist / math.sqrt(t)
-        while phi.left() > 0 and not phi((x_adv + step * update)[None])[0]:
-            step /= 2
-        if phi.left() <= 0:
+        update = estimate_direction(phi, x_adv, n, delta, norm, rng)
+        step = step_search(phi, x_adv, update, dist, t)
+        if step is None:
             break
         nearer = _boundary(phi, x, np.clip(x_adv + step * update, 0.0, 1.0), norm, theta)
         if nearer is None:
@@ -134,9 +132,24 @@ def hopskipjump(oracle, x, label, norm="l2", max_queries=20000, rng=None, gamma=
     return x_adv, trace
 
 
-def _direction(phi, x_t, n, delta, norm, rng):
-    """The step direction at boundary point x_t from n probes at distance delta: the estimated
-    unit normal (L2) or its sign (L-infinity)."""
+def probe_radius(t, d, theta, dist, norm):
+    """delta, the distance of iteration t's probes from the boundary point: 0.1 at first, then
+    sqrt(d) theta dist (L2) or d theta dist (L-infinity), dist the current distance from x (the
+    authors' code takes it before the binary search, this one after)."""
+    if t == 1:
+        return 0.1
+    return (math.sqrt(d) if norm == "l2" else d) * theta * dist
+
+
+def estimate_direction(phi, x_t, n, delta, norm, rng):
+    """The step direction at boundary point x_t (C, H, W) from n probes at distance delta: the
+    estimated unit normal (L2) or its sign (L-infinity), like x_t.
+
+    u_b are random unit directions (Gaussian for L2, uniform in the cube for L-infinity); a probe
+    x_t + delta u_b is clipped into [0, 1], and u_b is re-derived from the clipped probe, so that
+    the average weighs the displacements phi was actually asked about (on MNIST most pixels sit
+    at 0 or 1). grad = mean_b (phi_b - mean(phi)) u_b, phi_b = +1 adversarial, -1 not.
+    """
     shape = (n, *x_t.shape)
     u = rng.standard_normal(shape) if norm == "l2" else rng.uniform(-1, 1, shape)
     u = (u / np.sqrt(np.sum(u ** 2, axis=tuple(range(1, u.ndim)), keepdims=True))).astype(
@@ -149,6 +162,17 @@ def _direction(phi, x_t, n, delta, norm, rng):
     grad = np.mean(f * u, axis=0)
     grad = grad / max(float(np.sqrt(np.sum(grad ** 2))), 1e-12)
     return grad if norm == "l2" else np.sign(grad)
+
+
+def step_search(phi, x_adv, update, dist, t):
+    """The step of iteration t along update (like x_adv): dist / sqrt(t), halved until
+    x_adv + step * update is adversarial; None if the budget ran out first."""
+    step = dist / math.sqrt(t)
+    while phi.left() > 0:
+        if phi((x_adv + step * update)[None])[0]:
+            return step
+        step /= 2
+    return None
 
 
 def budget_curve(trace, budgets):
