@@ -4,6 +4,8 @@
 - on a linear model the minimal L-infinity perturbation toward each class has a closed form
   (the same projection, from the original image): FAB finds it to within half a percent, and
   never anything smaller than the smallest over all classes;
+- one step on a 2-layer ReLU network equals the step computed by hand, its mix biased toward the
+  original (a = min(|d_k| / (|d_k| + |d_0|), 0.1), capped or not);
 - [0, 1], eps, images left unchanged, BatchNorm untouched, every backend, no float64.
 """
 import numpy as np
@@ -13,7 +15,8 @@ from hypothesis import given, strategies as st
 from attacks import eval_mode
 from attacks.fab_attack import fab_run, fab_targeted, project_linf
 from helpers import assert_like
-from nn import Dense, Flatten, Sequential
+from nn import Dense, Flatten, ReLU, Sequential
+from nn.gradcheck import as_float64
 from test_apgd import CLASSES, backend_case, batch, tiny_model
 from test_attacks import assert_state_equal, modes, seeds
 
@@ -64,6 +67,54 @@ def linear_case(seed, n=40):
             d = project_slow(x[i].ravel(), W[:, j] - W[:, t[i]], b[t[i]] - b[j])
             exact[i, j] = np.abs(d).max()
     return model, x, t, exact
+
+
+def relu_plane(W1, b1, W2, b2, x, t, target):
+    """(w (n,), b): the hyperplane <w, .> = b where z_target - z_label of relu(. W1 + b1) W2 + b2,
+    linearised at x (n,), is 0."""
+    h = x @ W1 + b1
+    z = np.maximum(h, 0) @ W2 + b2
+    w = W1 @ ((W2[:, target] - W2[:, t]) * (h > 0))
+    return w, w @ x - (z[target] - z[t])
+
+
+def relu_step(net, x_k, x0, t, target):
+    """One FAB step by hand for one image (n,): both points projected onto the plane linearised
+    at x_k, the mix biased toward x0 by a = min(|d_k| / (|d_k| + |d_0|), 0.1). -> (x_new, a)."""
+    w, b = relu_plane(*net, x_k, t, target)
+    d_k, d_0 = project_slow(x_k, w, b), project_slow(x0, w, b)
+    a = min(np.abs(d_k).max() / (np.abs(d_k).max() + np.abs(d_0).max()), 0.1)
+    return np.clip((1 - a) * (x_k + 1.05 * d_k) + a * (x0 + 1.05 * d_0), 0, 1), a
+
+
+def test_one_step_on_a_relu_network_is_the_papers_mix_biased_toward_the_original():
+    """fab_run's first step on a 2-layer ReLU network, from starts away from the images (half
+    of them at random, where a reaches its cap 0.1, half near the boundary, where it does not), is
+    the hand-computed one: where it is misclassified it is the best point so far, x elsewhere."""
+    rng = np.random.default_rng(3)
+    model = as_float64(Sequential(Flatten(), Dense(36, 16, rng=rng), ReLU(),
+                                  Dense(16, 10, rng=rng)))
+    model.layers[1].params["b"][...] = rng.normal(0, 0.5, 16)  # a mix of active and dead units
+    net = (model.layers[1].params["W"], model.layers[1].params["b"],
+           model.layers[3].params["W"], model.layers[3].params["b"])
+    x = rng.uniform(0.2, 0.8, (20, 1, 6, 6))
+    with eval_mode(model):
+        ranked = np.argsort(model.forward(x), axis=1)
+    t, target = ranked[:, -1], ranked[:, -2]
+    start = np.clip(x + rng.choice([-0.15, 0.15], x.shape), 0, 1)
+    for i in range(10, 20):  # 97% of the way to the plane linearised at x
+        plane = relu_plane(*net, x[i].ravel(), t[i], target[i])
+        start[i] = x[i] + 0.97 * project_slow(x[i].ravel(), *plane).reshape(x[i].shape)
+    best, dist = fab_run(model, x, t, target, steps=1, start=start)
+    hits, mixes = 0, []
+    for i in range(len(x)):
+        x_new, a = relu_step(net, start[i].ravel(), x[i].ravel(), t[i], target[i])
+        with eval_mode(model):
+            adversarial = np.argmax(model.forward(x_new.reshape(x[i:i + 1].shape))) != t[i]
+        np.testing.assert_allclose(best[i].ravel(), x_new if adversarial else x[i].ravel(),
+                                   atol=1e-12)
+        hits, mixes = hits + adversarial, mixes + [a]
+    assert hits >= 10 and 0.01 < min(mixes) < 0.05 and max(mixes) == 0.1
 
 
 @pytest.mark.parametrize("seed", [0, 1])
