@@ -5,6 +5,7 @@ below (--checkpoint or --model, --out, --images, --seed, --data-dir, --device) c
 one. Without --checkpoint an experiment attacks a shipped model (models/, --model).
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ def add_api_arguments(parser):
     parser.add_argument("--api", help="serve.py's URL (e.g. http://127.0.0.1:8000): ask the "
                                       "model of --model there, through its prediction API, "
                                       "instead of in-process")
-    parser.add_argument("--api-key", default="demo", help="the API key the attack spends")
+    parser.add_argument("--api-key", help="the API key the attack spends (default: the "
+                                          "API_KEY environment variable)")
 
 
 def label_oracle(args, model, budget=None):
@@ -134,7 +136,11 @@ def label_oracle(args, model, budget=None):
         oracle = LabelOracle(model, budget=budget)
         return oracle, lambda: oracle.queries
     from web.client import ApiError, ApiOracle
-    oracle = ApiOracle(args.api, args.api_key, model=args.model, budget=budget)
+    key = args.api_key or os.environ.get("API_KEY")
+    if not key:
+        raise ExperimentError("--api needs the API key the attack spends: set API_KEY, or "
+                              "give --api-key")
+    oracle = ApiOracle(args.api, key, model=args.model, budget=budget)
     try:
         start = oracle.usage()
     except ApiError as exc:

@@ -17,14 +17,17 @@ from data.mnist import load_mnist  # noqa: E402
 from test_experiments import cli  # noqa: E402,F401  (the fixture)
 from test_models import tiny  # noqa: E402,F401  (the fixture)
 from test_serve import Server  # noqa: E402
-from web.api import Served, make_app  # noqa: E402
+from web.api import Keys, Served, make_app  # noqa: E402
 from web.client import ApiError, ApiOracle  # noqa: E402
+
+
+K, SPARE = "attacker-key-000000", "spare-key-000000000"
 
 
 @pytest.fixture(scope="module")
 def api(tiny):  # noqa: F811
     model, _, _ = models.load("tiny")
-    server = Server(make_app({"tiny": Served(model, {})}, keys=["k", "spare"]))
+    server = Server(make_app({"tiny": Served(model, {})}, keys=Keys.of([K, SPARE])))
     yield server.url, model
     server.stop()
 
@@ -33,7 +36,7 @@ def test_hopskipjump_over_http_counts_what_the_server_counts(api):
     url, model = api
     x, t = load_mnist("test", limit=20)
     i = int(np.flatnonzero(predict(model, x) == t)[0])
-    remote, local = ApiOracle(url, "spare", model="tiny"), LabelOracle(model)
+    remote, local = ApiOracle(url, SPARE, model="tiny"), LabelOracle(model)
     before = remote.usage()
     adv, trace = hopskipjump(remote, x[i], int(t[i]), "l2", 300, np.random.default_rng(0))
     assert remote.usage() - before == remote.queries <= 300 and trace[-1][0] <= remote.queries
@@ -45,7 +48,7 @@ def test_hopskipjump_over_http_counts_what_the_server_counts(api):
 def test_square_runs_over_http_on_scores(api):
     url, model = api
     x, t = load_mnist("test", limit=6)
-    oracle = ApiOracle(url, "spare", model="tiny", output="scores")
+    oracle = ApiOracle(url, SPARE, model="tiny", output="scores")
     before = oracle.usage()
     adv = square(oracle, x, t, 0.3, n_queries=30, rng=np.random.default_rng(0))
     assert oracle.usage() - before == oracle.queries > 0
@@ -54,39 +57,39 @@ def test_square_runs_over_http_on_scores(api):
 
 def test_attack_py_decision_over_the_api(api, cli, tmp_path):  # noqa: F811
     url, _ = api
-    code, out, err = cli("decision", "--model", "tiny", "--api", url, "--api-key", "k",
+    code, out, err = cli("decision", "--model", "tiny", "--api", url, "--api-key", K,
                          "--images", 6, "--budgets", 50, 150, "--out", tmp_path)
     assert code == 0, err
     r = json.loads((tmp_path / "decision.json").read_text())
     assert r["api"] == url and r["queries_counted"] <= r["images"] * 2 * 150
-    assert r["queries_counted"] == ApiOracle(url, "k").usage()  # the server's count
+    assert r["queries_counted"] == ApiOracle(url, K).usage()  # the server's count
     for norm in ("l2", "linf"):
         curve = r["hopskipjump"][norm]
         assert len(curve) == 2 and curve[1] <= curve[0]
     within = r["within_eps"]["hopskipjump"]  # shares of images, growing with the budget
     assert r["within_eps"]["eps"] == 0.3 and 0 <= within[0] <= within[1] <= 1
-    assert f"queries counted by the server" in out
+    assert "queries counted by the server" in out
     assert (tmp_path / "decision.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_attack_py_blackbox_over_the_api(api, cli, tmp_path):  # noqa: F811
     url, _ = api
-    before = ApiOracle(url, "spare").usage()
-    code, out, err = cli("blackbox", "--model", "tiny", "--api", url, "--api-key", "spare",
+    before = ApiOracle(url, SPARE).usage()
+    code, out, err = cli("blackbox", "--model", "tiny", "--api", url, "--api-key", SPARE,
                          "--images", 10, "--budgets", 20, 40, "--methods", "random",
                          "--substitute-steps", 3, "--out", tmp_path)
     assert code == 0, err
     rows = json.loads((tmp_path / "blackbox.json").read_text())["rows"]
     assert [r["queries"] for r in rows] == [20, 40]  # counted by the server
-    assert ApiOracle(url, "spare").usage() - before == 40
+    assert ApiOracle(url, SPARE).usage() - before == 40
 
 
 def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):  # noqa: F811
     code, out, err = cli("decision", "--model", "tiny", "--api", "http://127.0.0.1:9",
-                         "--images", 2, "--out", tmp_path)
+                         "--api-key", K, "--images", 2, "--out", tmp_path)
     assert code == 1 and "cannot reach http://127.0.0.1:9" in err and err.count("\n") == 1
     with pytest.raises(ApiError):
-        ApiOracle("http://127.0.0.1:9", "k").usage()
+        ApiOracle("http://127.0.0.1:9", K).usage()
 
 
 def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):  # noqa: F811
@@ -95,7 +98,7 @@ def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):
     every image, and the first one's rows were not measured again."""
     import experiments.decision as decision
     url, _ = api
-    argv = ("decision", "--model", "tiny", "--api", url, "--api-key", "k", "--images", 6,
+    argv = ("decision", "--model", "tiny", "--api", url, "--api-key", K, "--images", 6,
             "--budgets", 40, 80, "--norms", "l2", "--out", tmp_path)
     real, calls = decision.hopskipjump, []
 

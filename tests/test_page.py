@@ -7,6 +7,7 @@ predictions change each time. Skipped, with the reason, where Playwright or Chro
 """
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -51,9 +52,19 @@ def pixels(page, canvas):
     return page.evaluate(f"document.getElementById('{canvas}').toDataURL()")
 
 
+def wait_for(page, predicate, arg=None, timeout=15):
+    """Poll a JavaScript function of `arg` until it is true. (Playwright's wait_for_function
+    builds its predicate with eval, which the page's Content-Security-Policy forbids, as it
+    should; page.evaluate is the browser's own evaluation, outside the page's CSP.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate, arg):
+        assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
+        time.sleep(0.05)
+
+
 def wait_for_change(page, canvas, before):
-    page.wait_for_function("([id, old]) => document.getElementById(id).toDataURL() !== old",
-                           arg=[canvas, before], timeout=15000)
+    wait_for(page, "([id, old]) => document.getElementById(id).toDataURL() !== old",
+             [canvas, before])
 
 
 def test_the_page_recomputes_as_the_slider_moves_and_the_digit_is_drawn(url):
@@ -62,9 +73,11 @@ def test_the_page_recomputes_as_the_slider_moves_and_the_digit_is_drawn(url):
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # a Content-Security-Policy violation, a failed load: console errors
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         page.goto(url + "/")
-        page.wait_for_function("document.getElementById('label-after').textContent !== '-'",
-                               timeout=20000)
+        wait_for(page, "() => document.getElementById('label-after').textContent !== '-'",
+                 timeout=20)
         assert page.locator(".seed").count() >= 2 and page.locator(".seed.wrong").count() == 1
         assert page.locator("input[name=model]").count() >= 1
         before = {c: pixels(page, c) for c in ("original", "adversarial")}
@@ -73,8 +86,8 @@ def test_the_page_recomputes_as_the_slider_moves_and_the_digit_is_drawn(url):
         page.locator("#eps").fill("0.35")  # a range input: sets the value, fires "input"
         wait_for_change(page, "adversarial", before["adversarial"])
         assert pixels(page, "original") == before["original"]
-        page.wait_for_function("([old]) => document.getElementById('bars-after').innerText "
-                               "!== old", arg=[bars], timeout=15000)
+        wait_for(page, "([old]) => document.getElementById('bars-after').innerText !== old",
+                 [bars])
         assert page.inner_text("#eps-value") == "0.35"
 
         fgs = pixels(page, "adversarial")
@@ -84,8 +97,8 @@ def test_the_page_recomputes_as_the_slider_moves_and_the_digit_is_drawn(url):
         assert page.is_visible("#target")
         page.select_option("#target", str(target))
         wait_for_change(page, "adversarial", fgs)
-        page.wait_for_function(f"document.getElementById('label-after').textContent"
-                               f".startsWith('{target}')", timeout=15000)
+        wait_for(page, f"() => document.getElementById('label-after').textContent"
+                       f".startsWith('{target}')")
         assert page.get_attribute("#label-after", "class") == "changed"
 
         drawn = pixels(page, "original")

@@ -1,35 +1,42 @@
 """The prediction API and the page: a Starlette app over trained models.
 
-    POST /api/v1/predict   {"model": "standard", "output": "label" | "scores" | "scores2",
-                            "images": [N x 28 x 28 numbers in [0, 1]]  or  "png": [base64 PNG]}
-    GET  /api/v1/usage     the caller's queries and budget
-    GET  /api/v1/models    the models, with their accuracy on the first 1,000 test images, and
-                           the key the page uses (the first)
-    GET  /api/v1/seeds     ready test digits for the page (one the standard model gets wrong)
+Two roles, kept apart:
+- The metered API, the attacker's black box. Every call names an API key in the X-API-Key
+  header, checked before the body is read.
+    POST /api/v1/predict  {"model": "standard", "output": "label" | "scores" | "scores2",
+                           "images": [N x 28 x 28 numbers in [0, 1]]  or  "png": [base64 PNG]}
+    GET  /api/v1/usage    the caller's queries and budget
+  Every image sent to /predict is charged to the key in the usage ledger (web/ledger.py) before
+  the model runs, in the one step that checks the budget: a request that would pass it is
+  refused whole (429), so counts are exact across threads, worker processes and restarts.
+  "scores" are the softmax probabilities (float64, so that they reach 0 only where the margin
+  passes about 745 logits), "scores2" the same rounded to 2 decimals.
+- The page, a white-box demonstration on the server's own models, for anyone who can reach it:
+  no key, a rate limit per client address instead of a budget.
+    GET  /                 the page (web/static/)
+    GET  /api/v1/seeds     ready test digits (one the first model gets wrong)
     POST /api/v1/attack    {"model", "attack": "fgs" | "fgv" | "pgd" | "targeted_pgd", "eps",
                             "target", "image"}: the adversarial image, the perturbation and
-                            both probability vectors (for the page; white-box, not counted)
-    GET  /                 the page (web/static/)
+                            both probability vectors
+  A server with a budget is a black box: the page and /attack are off (404), since /attack
+  answers scores and gradient signs that no metered key may have for free.
+    GET  /api/v1/models    (both) the models with their measured accuracy, and the limits
 
-Every call names its API key in the X-API-Key header. Every image sent to /predict counts as one
-query against the key, whatever the answer; with a budget, a request that would pass it is
-refused whole (429) before the model runs, so the counts are exact under concurrent requests.
-"scores" are the softmax probabilities (computed in float64, so that they reach 0 only where
-the margin passes about 745 logits), "scores2" the same rounded to 2 decimals (the coarse
-answers some prediction APIs give). Every malformed request gets a 4xx and one sentence in JSON,
+One client cannot stall the rest: the body is read under a deadline and a size limit, parsed in
+a worker thread, at most `Limits.inflight` requests hold a body at once and at most
+`Limits.queue` wait for or run on one model (503 with Retry-After past either), and waiting for
+a model holds no thread. Every refusal is a 4xx (or that 503) with one sentence of JSON,
 {"error": "..."}; the server goes on serving.
 """
-import base64
-import binascii
-import io
-import json
+import contextlib
+import hmac
 import math
 import threading
-from itertools import chain
+from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -39,53 +46,83 @@ from starlette.staticfiles import StaticFiles
 
 from attacks import eval_mode, fgs, fgv, pgd, predict, targeted_pgd
 from nn import softmax
+from web.guard import Guard, RateLimit
+from web.inputs import ApiError, parse_attack, parse_predict, read_body
+from web.ledger import BudgetSpent, MemoryLedger, key_id
 
 STATIC = Path(__file__).resolve().parent / "static"
-OUTPUTS = ("label", "scores", "scores2")
-ATTACKS = ("fgs", "fgv", "pgd", "targeted_pgd")
-SIDE = 28
+MIN_KEY_LENGTH = 16
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-class ApiError(Exception):
-    """A request the API refuses: an HTTP status and one sentence for the caller."""
+@dataclass(frozen=True)
+class Limits:
+    """What one server process holds at most (serve.py's flags)."""
+    max_body: int = 4_000_000    # bytes in a request body
+    max_batch: int = 1000        # images in a /predict request
+    body_seconds: float = 10.0   # for a body to arrive (408 after)
+    inflight: int = 32           # requests holding a body at once (503 past it)
+    per_client: int = 4          # of them from one key (or, for the page, one address)
+    queue: int = 8               # requests waiting for or running on one model (503 past it)
+    parsers: int = 2             # large bodies parsed at once, each in a worker thread
+    inline: int = 65_536         # bytes of a body small enough to parse on the event loop
+    page_rate: float = 20.0      # /attack calls a second per client address (429 past it)
+    page_burst: int = 40
 
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status, self.message = status, message
 
+class Keys:
+    """The API keys, held only as their ledger ids (SHA-256, web/ledger.key_id): Keys.of(keys)
+    checks and hashes plain keys. check() hashes the presented key and compares it with every
+    known id by hmac.compare_digest."""
 
-class Budgets:
-    """Queries per API key, and a budget per key (None: no limit); thread-safe."""
+    def __init__(self, ids=()):
+        self.ids = list(ids)
 
-    def __init__(self, keys, budget=None):
-        self.budget, self.used, self._lock = budget, {k: 0 for k in keys}, threading.Lock()
+    @classmethod
+    def of(cls, keys):
+        short = [k for k in keys if len(k) < MIN_KEY_LENGTH]
+        if short:
+            raise ValueError(f"an API key must have at least {MIN_KEY_LENGTH} characters; "
+                             f"{len(short)} of the {len(keys)} given are shorter")
+        return cls(key_id(k) for k in keys)
 
-    def check_key(self, key):
+    def check(self, key):
+        """The ledger id of the header's key; 401 without one, 403 for an unknown one."""
         if key is None:
             raise ApiError(401, "name your API key in the X-API-Key header")
-        if key not in self.used:
-            raise ApiError(403, f"unknown API key {key[:40]!r}")
+        presented, found = key_id(key), None
+        for known in self.ids:  # no early exit: the time does not depend on which key matched
+            if hmac.compare_digest(presented, known):
+                found = known
+        if found is None:
+            raise ApiError(403, "unknown API key" if self.ids else
+                           "this server has no API keys (serve.py --keys-file, or API_KEYS)")
+        return found
 
-    def take(self, key, n):
-        """Count n queries against `key`, or refuse all n (429) if they would pass its budget."""
-        self.check_key(key)
-        with self._lock:
-            if self.budget is not None and self.used[key] + n > self.budget:
-                raise ApiError(429, f"the key's budget of {self.budget} queries is spent: "
-                                    f"{self.used[key]} used, {n} more asked")
-            self.used[key] += n
 
-    def usage(self, key):
-        self.check_key(key)
-        with self._lock:
-            used = self.used[key]
-        return {"queries": used, "budget": self.budget,
-                "remaining": None if self.budget is None else self.budget - used}
+class Gate:
+    """One request at a time on a model, and at most `depth` requests holding a place in its
+    line (running included). The line is an asyncio lock: a waiting request holds no thread."""
+
+    def __init__(self, depth):
+        self.depth, self.places, self.turn = depth, 0, None
+
+    @contextlib.asynccontextmanager
+    async def place(self):
+        if self.places >= self.depth:
+            raise ApiError(503, "the model is busy; try again shortly", {"Retry-After": "1"})
+        self.turn = self.turn or anyio.Lock()
+        self.places += 1
+        try:
+            yield self.turn
+        finally:
+            self.places -= 1
 
 
 class Served:
-    """One model behind the API: the model, a lock (its layers keep caches, so one request at a
-    time uses it) and what the page shows about it."""
+    """One model behind the API: the model, a lock (its layers keep caches, so one call at a
+    time uses it; make_app's Gate lines the requests up in front of it) and what the page shows
+    about it."""
 
     def __init__(self, model, info):
         self.model, self.info, self.lock = model, info, threading.Lock()
@@ -97,210 +134,165 @@ class Served:
             self.model.clear_caches()
         return softmax(logits)
 
-
-async def read_json(request, max_body):
-    """The request's JSON object; 413 past max_body bytes, 400 if it is not a JSON object."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > max_body):
-        raise ApiError(413, f"the body is larger than {max_body} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_body:
-            raise ApiError(413, f"the body is larger than {max_body} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return data
-
-
-def decode_png(text, i):
-    """A 28x28 grey image in [0, 1] from base64 PNG text (image i of the request)."""
-    try:
-        if not isinstance(text, str):
-            raise ValueError
-        image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
-        if image.format != "PNG" or image.size != (SIDE, SIDE):
-            raise ValueError
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (ValueError, binascii.Error, UnidentifiedImageError, OSError,
-            Image.DecompressionBombError):
-        raise ApiError(400, f"png[{i}] is not a base64 28x28 PNG image") from None
+    def attack(self, x, name, eps, target):
+        """(adversarial image (28, 28), probabilities before (10,), after (10,)) of one attack
+        on one host image (1, 1, 28, 28): it pushes the model's own clean prediction away
+        (toward `target` if targeted)."""
+        with self.lock:
+            model = self.model
+            label = predict(model, x)
+            if name == "fgs":
+                adv = fgs(model, x, label, eps)
+            elif name == "fgv":
+                adv = fgv(model, x, label, eps)
+            elif name == "pgd":
+                adv = pgd(model, x, label, eps, steps=20)
+            else:
+                adv = targeted_pgd(model, x, np.array([target]), eps, steps=20)
+            model.clear_caches()
+        adv = np.asarray(adv, dtype=np.float32)
+        before, after = self.probs(np.concatenate([x, adv]))
+        return adv[0, 0], before, after
 
 
-def images_from(data, max_batch, single=False):
-    """Host images (N, 1, 28, 28) float32 from data["images"] (nested lists) or data["png"];
-    with single, data["image"]: one 28x28 image (lists or PNG text)."""
-    if single:
-        if "image" not in data:
-            raise ApiError(400, "give the image as \"image\": 28x28 numbers or base64 PNG text")
-        value = data["image"]
-        if isinstance(value, str):
-            return decode_png(value, 0)[None, None]
-        return check_pixels(value, (SIDE, SIDE), "image")[None, None]
-    if ("images" in data) == ("png" in data):
-        raise ApiError(400, "give the images as exactly one of \"images\" (N x 28 x 28 numbers "
-                            "in [0, 1]) or \"png\" (a list of base64 PNG images)")
-    if "png" in data:
-        if not isinstance(data["png"], list) or not data["png"]:
-            raise ApiError(400, "\"png\" must be a non-empty list of base64 PNG images")
-        check_batch(len(data["png"]), max_batch)
-        return np.stack([decode_png(t, i) for i, t in enumerate(data["png"])])[:, None]
-    value = data["images"]
-    if isinstance(value, list) and value:
-        check_batch(len(value), max_batch)
-    return check_pixels(value, None, "images")
+def make_app(served, keys=None, budget=None, ledger=None, limits=Limits(), seeds=None,
+             page=True, hosts=LOCAL_HOSTS):
+    """The Starlette app over `served` ({name: Served}). keys: Keys (None: none); budget:
+    images per key (None: no limit); ledger: where usage is kept (default: in memory); page:
+    serve the page and /attack (refused with a budget); hosts: the Host names answered ("*":
+    any); seeds: the page's ready digits (a list of dicts)."""
+    if page and budget is not None:
+        raise ValueError("a metered server (a budget) cannot serve the page: its /attack would "
+                         "answer scores and gradients for free")
+    keys, ledger, names = keys or Keys(), ledger or MemoryLedger(), list(served)
+    gates = {name: Gate(limits.queue) for name in served}
+    state = {"inflight": 0, "parsers": None, "clients": {}}
+    page_limit = RateLimit(limits.page_rate, limits.page_burst)
 
+    @contextlib.asynccontextmanager
+    async def holding_a_body(client):
+        """A place for one more request body (503 when the server, or `client`, has its
+        limit of them): one client's flood cannot take every place."""
+        clients = state["clients"]
+        if state["inflight"] >= limits.inflight or clients.get(client, 0) >= limits.per_client:
+            raise ApiError(503, "the server is busy; try again shortly", {"Retry-After": "1"})
+        state["inflight"] += 1
+        clients[client] = clients.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            state["inflight"] -= 1
+            clients[client] -= 1
+            if not clients[client]:
+                del clients[client]
 
-def check_batch(n, max_batch):
-    if n > max_batch:
-        raise ApiError(413, f"at most {max_batch} images a request, {n} sent")
+    async def parsed(request, parse, *args):
+        """parse(body, *args) of the request's body: a small body at once, a large one in a
+        worker thread, at most limits.parsers at a time (a 1-image request never waits behind
+        another client's 4 MB)."""
+        body = await read_body(request, limits.max_body, limits.body_seconds)
+        request.state.body_read = True
+        if len(body) <= limits.inline:
+            return parse(body, *args)
+        state["parsers"] = state["parsers"] or anyio.CapacityLimiter(limits.parsers)
+        return await anyio.to_thread.run_sync(parse, body, *args, limiter=state["parsers"])
 
-
-def check_pixels(value, shape, name):
-    """value as float32, of shape (N, 28, 28), (N, 1, 28, 28) or `shape`, finite, in [0, 1]."""
-    try:
-        x = np.array(value, dtype=np.float32)
-        if x.dtype != np.float32 or _has_non_numbers(value, x.ndim):
-            raise ValueError
-    except (ValueError, TypeError, OverflowError):
-        raise ApiError(400, f"\"{name}\" must hold numbers only, in nested lists of equal "
-                            "lengths") from None
-    if shape is not None:
-        ok = x.shape == shape
-    else:
-        ok = (x.ndim == 3 and x.shape[1:] == (SIDE, SIDE) and x.shape[0] > 0) or \
-             (x.ndim == 4 and x.shape[1:] == (1, SIDE, SIDE) and x.shape[0] > 0)
-    if not ok:
-        want = "28 x 28" if shape is not None else "N x 28 x 28 (or N x 1 x 28 x 28)"
-        raise ApiError(400, f"\"{name}\" must be {want}, not {' x '.join(map(str, x.shape))}")
-    if not np.all(np.isfinite(x)):
-        raise ApiError(400, f"\"{name}\" holds NaN or infinite values")
-    if x.min() < 0 or x.max() > 1:
-        raise ApiError(400, f"\"{name}\" must lie in [0, 1]; it spans "
-                            f"[{x.min():g}, {x.max():g}]")
-    return x if shape is not None else x.reshape(-1, 1, SIDE, SIDE)
-
-
-def _has_non_numbers(value, depth):
-    """Whether the leaves of regular nested lists `depth` deep hold anything but ints and floats
-    (NumPy reads True and "0.5"). Chaining the levels and mapping type() keeps the walk in C:
-    a batch of 250 images takes 8 ms instead of 55 ms with a Python loop."""
-    leaves = [value]
-    for _ in range(depth):
-        leaves = chain.from_iterable(leaves)
-    return not set(map(type, leaves)) <= {int, float}
-
-
-def choose(data, field, options, default=None):
-    value = data.get(field, default)
-    if value not in options:
-        raise ApiError(400, f"\"{field}\" must be one of {', '.join(map(str, options))}, "
-                            f"not {str(value)[:40]!r}")
-    return value
-
-
-def number(data, field, low, high, default=None):
-    value = data.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise ApiError(400, f"\"{field}\" must be a number in [{low}, {high}]")
-    return float(value)
-
-
-def run_attack(served, x, name, eps, target):
-    """(adversarial image (28, 28), clean label) of one attack on one host image (1, 1, 28, 28);
-    the attacks push the model's own clean prediction away (toward `target` if targeted)."""
-    with served.lock:
-        model = served.model
-        label = predict(model, x)
-        if name == "fgs":
-            adv = fgs(model, x, label, eps)
-        elif name == "fgv":
-            adv = fgv(model, x, label, eps)
-        elif name == "pgd":
-            adv = pgd(model, x, label, eps, steps=20)
-        else:
-            adv = targeted_pgd(model, x, np.array([target]), eps, steps=20)
-        model.clear_caches()
-    return np.asarray(adv, dtype=np.float32)[0, 0]
-
-
-def make_app(served, keys=("demo",), budget=None, max_body=4_000_000, max_batch=1000,
-             seeds=None):
-    """The Starlette app over `served` ({name: Served}); keys: the API keys, each with `budget`
-    queries (None: no limit); seeds: the page's ready digits (a list of dicts)."""
-    budgets = Budgets(keys, budget)
-
-    def served_model(data):
-        name = data.get("model", "standard")
-        if name not in served:
-            raise ApiError(404, f"no model {str(name)[:40]!r}; the models are "
-                                f"{', '.join(served)}")
-        return served[name]
+    def charge(kid, n):
+        try:
+            ledger.charge(kid, n, budget)
+        except BudgetSpent as spent:
+            raise ApiError(429, f"the key's budget of {budget} queries is spent: "
+                                f"{spent}") from None
 
     async def predict_(request):
-        data = await read_json(request, max_body)
-        key = request.headers.get("x-api-key")
-        budgets.check_key(key)
-        model = served_model(data)
-        output = choose(data, "output", OUTPUTS, "label")
-        x = images_from(data, max_batch)
-        budgets.take(key, len(x))
-        probs = await run_in_threadpool(model.probs, x)
+        kid = keys.check(request.headers.get("x-api-key"))
+        async with holding_a_body(kid):
+            name, output, x = await parsed(request, parse_predict, names, limits.max_batch)
+            model = served[name]
+            async with gates[name].place() as turn:
+                await run_in_threadpool(charge, kid, len(x))
+                async with turn:
+                    probs = await run_in_threadpool(model.probs, x)
+        labels = probs.argmax(axis=1).tolist()
         if output == "label":
-            return JSONResponse({"labels": probs.argmax(axis=1).tolist()})
+            return JSONResponse({"labels": labels})
         scores = np.round(probs, 2) if output == "scores2" else probs
-        return JSONResponse({"labels": probs.argmax(axis=1).tolist(), "scores": scores.tolist()})
+        return JSONResponse({"labels": labels, "scores": scores.tolist()})
 
     async def usage(request):
-        key = request.headers.get("x-api-key")
-        return JSONResponse({"key": key, **budgets.usage(key)})
+        kid = keys.check(request.headers.get("x-api-key"))
+        used = await run_in_threadpool(ledger.used, kid)
+        return JSONResponse({"queries": used, "budget": budget,
+                             "remaining": None if budget is None else budget - used})
 
     async def models_(request):
         return JSONResponse({"models": [{"name": n, **s.info} for n, s in served.items()],
-                             "page_key": keys[0]})
+                             "limits": {"max_body": limits.max_body,
+                                        "max_batch": limits.max_batch},
+                             "metered": budget is not None, "page": page})
+
+    def page_only(handler):
+        async def route(request):
+            if not page:
+                raise ApiError(404, "the page and /api/v1/attack are off on a metered server "
+                                    "(serve.py --budget)")
+            return await handler(request)
+        return route
 
     async def seeds_(request):
         return JSONResponse({"seeds": seeds or []})
 
     async def attack(request):
-        data = await read_json(request, max_body)
-        budgets.check_key(request.headers.get("x-api-key"))
-        model = served_model(data)
-        name = choose(data, "attack", ATTACKS, "fgs")
-        eps = number(data, "eps", 0, 1, 0.3)
-        target = choose(data, "target", list(range(10)), 0) if name == "targeted_pgd" else None
-        x = images_from(data, 1, single=True)
-        adv = await run_in_threadpool(run_attack, model, x, name, eps, target)
-        before, after = await run_in_threadpool(model.probs, np.stack([x[0], adv[None]]))
+        address = request.client.host if request.client else ""
+        wait = page_limit.wait(address)
+        if wait:
+            raise ApiError(429, "too many attacks from this address; slow down",
+                           {"Retry-After": str(math.ceil(wait))})
+        async with holding_a_body(address):
+            name, attack_, eps, target, x = await parsed(request, parse_attack, names)
+            model = served[name]
+            async with gates[name].place() as turn, turn:
+                adv, before, after = await run_in_threadpool(model.attack, x, attack_, eps,
+                                                             target)
         return JSONResponse({"adversarial": adv.tolist(), "perturbation": (adv - x[0, 0]).tolist(),
                              "probs_before": before.tolist(), "probs_after": after.tolist(),
                              "label_before": int(before.argmax()),
                              "label_after": int(after.argmax())})
 
-    async def page(request):
+    async def drain(request):
+        with contextlib.suppress(Exception), anyio.move_on_after(limits.body_seconds):
+            async for _ in request.stream():
+                pass
+
+    async def index(request):
         return RedirectResponse("/static/index.html")
 
     async def refused(request, exc):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        headers = dict(exc.headers)
+        if request.method == "POST" and not getattr(request.state, "body_read", False):
+            if exc.status in (401, 403, 408, 413, 415):
+                headers["Connection"] = "close"  # a body not worth reading: don't wait for it
+            else:  # 429, 503: a client that may send again must get to read the Retry-After,
+                await drain(request)  # so its body is read (and dropped) first
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
     async def http_error(request, exc):
         return JSONResponse({"error": f"{exc.detail} ({request.method} {request.url.path})"},
                             status_code=exc.status_code)
 
+    async def crashed(request, exc):  # a bug: the traceback goes to the log
+        return JSONResponse({"error": "the server failed on this request (a bug)"},
+                            status_code=500)
+
     routes = [Route("/api/v1/predict", predict_, methods=["POST"]),
               Route("/api/v1/usage", usage, methods=["GET"]),
               Route("/api/v1/models", models_, methods=["GET"]),
-              Route("/api/v1/seeds", seeds_, methods=["GET"]),
-              Route("/api/v1/attack", attack, methods=["POST"]),
-              Route("/", page, methods=["GET"]),
-              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+              Route("/api/v1/seeds", page_only(seeds_), methods=["GET"]),
+              Route("/api/v1/attack", page_only(attack), methods=["POST"]),
+              Route("/", page_only(index), methods=["GET"])]
+    if page:
+        routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     app = Starlette(routes=routes, exception_handlers={ApiError: refused,
-                                                       HTTPException: http_error})
-    app.state.budgets = budgets
-    return app
-
+                                                       HTTPException: http_error,
+                                                       Exception: crashed})
+    return Guard(app, hosts)

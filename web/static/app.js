@@ -5,15 +5,22 @@
 
 const SIDE = 28;
 const $ = (id) => document.getElementById(id);
-const state = { key: null, image: new Float32Array(SIDE * SIDE), busy: false, again: false };
+const state = { image: new Float32Array(SIDE * SIDE), busy: false, again: false };
 
+// the page's calls need no key: the server limits them per address (429 + Retry-After)
 async function api(path, body) {
-  const response = await fetch(path, body === undefined ? { headers: { "X-API-Key": state.key } }
-    : { method: "POST", headers: { "X-API-Key": state.key, "Content-Type": "application/json" },
-        body: JSON.stringify(body) });
-  const data = await response.json();
-  if (!response.ok) throw new Error(data.error);
-  return data;
+  for (;;) {
+    const response = await fetch(path, body === undefined ? {}
+      : { method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(body) });
+    const data = await response.json();
+    if (response.status === 429) {
+      await new Promise((done) => setTimeout(done, 1000 * Number(response.headers.get("Retry-After") || 1)));
+      continue;
+    }
+    if (!response.ok) throw new Error(data.error);
+    return data;
+  }
 }
 
 // draw a 28x28 array (rows of numbers) on a canvas; colour(v) -> [r, g, b]
@@ -112,8 +119,7 @@ function useImage(flat) {
 }
 
 async function start() {
-  const info = await fetch("/api/v1/models").then((r) => r.json());
-  state.key = info.page_key;
+  const info = await api("/api/v1/models");
   info.models.forEach((m, i) => {
     const label = document.createElement("label");
     const pct = (v) => `${(100 * v).toFixed(1)}%`;
