@@ -39,6 +39,21 @@ def test_pgd_on_a_linear_model_reaches_the_corner_of_the_ball():
                                atol=1e-12)
 
 
+def test_pgds_default_step_crosses_the_ball_from_any_start():
+    """The default step 2.5 eps / steps (Madry et al.) moves a pixel 2.5 eps in all, more than
+    the ball's width 2 eps: from any random start the linear model's last iterate is the corner
+    x - eps sign(w). eps / steps leaves the pixels that started on the far side short of it."""
+    model = linear_model(W_LIN)
+    x, t = images(*[[0.5, 0.5, 0.5, 0.5]] * 8), np.zeros(8, dtype=np.int64)
+    corner = x - 0.2 * np.sign(W_LIN).reshape(1, 1, 2, 2)
+
+    def last_iterate(**step):
+        return pgd(model, x, t, eps=0.2, steps=5, random_start=True,
+                   rng=np.random.default_rng(0), keep_first=False, **step)
+    np.testing.assert_allclose(last_iterate(), corner, atol=1e-7)
+    assert np.abs(last_iterate(step=0.2 / 5) - corner).max() > 0.05
+
+
 def test_targeted_pgd_on_a_linear_model_reaches_the_target():
     """Label 0 wins where x.w > 0; targeting class 1 moves x against w until it flips."""
     model = linear_model(W_LIN)
