@@ -310,9 +310,10 @@ def test_connections_past_the_limit_get_503_with_retry_after(strict):
 
 def test_a_flood_on_one_model_leaves_another_model_fast(model, images):
     """12 clients of one key send 1,000-image requests (3 MB of JSON each) to model "a" without
-    pause; 1-image requests of another key to model "b" keep a median latency under 0.25 s
-    and a worst under 1.5 s (a flood used to fill the event loop with parsing, and every
-    worker thread: 1.1 s for every request with one such client)."""
+    pause; 1-image requests of another key to model "b" keep a median latency under 0.2 s
+    and a worst under 1.5 s (0.02-0.09 s here; parsing every body on the event loop and no
+    limit per client gave a median of 0.33 s, and the flood's clients are answered a 503
+    they can read, not a reset)."""
     other = reference_cnn(rng=np.random.default_rng(4)).eval()
     app = make_app({"a": Served(model, INFO), "b": Served(other, INFO)},
                    keys=Keys.of([KEY, SPARE]))
@@ -322,7 +323,10 @@ def test_a_flood_on_one_model_leaves_another_model_fast(model, images):
 
     def flooder():
         while not stop.is_set():
-            flooded.append(call(s.url, "/api/v1/predict", raw=flood)[0])
+            try:
+                flooded.append(call(s.url, "/api/v1/predict", raw=flood)[0])
+            except OSError as exc:  # a refusal that closed the connection mid-upload
+                flooded.append(type(exc).__name__)
     threads = [threading.Thread(target=flooder) for _ in range(12)]
     try:
         for t in threads:
@@ -339,8 +343,8 @@ def test_a_flood_on_one_model_leaves_another_model_fast(model, images):
         for t in threads:
             t.join(60)
         s.stop()
-    assert 200 in flooded and set(flooded) <= {200, 503}  # the flood is served, in turn
-    assert statistics.median(latencies) < 0.25 and max(latencies) < 1.5, latencies
+    assert 200 in flooded and set(flooded) <= {200, 503}, set(flooded)  # served in turn
+    assert statistics.median(latencies) < 0.2 and max(latencies) < 1.5, latencies
 
 
 @pytest.mark.parametrize("path, body, method, status, fragment", [
