@@ -21,20 +21,19 @@ def add_grads(*grads):
 
 
 class SGD:
-    """SGD with momentum as in PyTorch: v = momentum * v + (g + weight_decay * p); p -= lr * v."""
+    """SGD with momentum as in PyTorch: v = momentum * v + g (v = g at the first step);
+    p -= lr * v."""
 
-    def __init__(self, lr, momentum=0.9, weight_decay=0.0):
-        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(f"SGD needs lr > 0, 0 <= momentum < 1 and weight_decay >= 0; "
-                             f"got lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+    def __init__(self, lr, momentum=0.9):
+        if lr <= 0 or not 0 <= momentum < 1:
+            raise ValueError("SGD needs lr > 0 and 0 <= momentum < 1; "
+                             f"got lr={lr}, momentum={momentum}")
+        self.lr, self.momentum = lr, momentum
         self.velocity = {}
 
     def step(self, params, grads):
         for name, p in params.items():
             g = grads[name]
-            if self.weight_decay:
-                g = g + self.weight_decay * p
             v = self.velocity.get(name)
             v = g if v is None else self.momentum * v + g
             self.velocity[name] = v

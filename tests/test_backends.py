@@ -173,7 +173,7 @@ def optimizer_inputs():
 
 
 @pytest.mark.parametrize("make_optimizer", [
-    lambda: SGD(lr=0.1, momentum=0.9, weight_decay=1e-2),
+    lambda: SGD(lr=0.1, momentum=0.9),
     lambda: Adam(lr=1e-2),
 ], ids=["sgd", "adam"])
 def test_optimizer_steps_in_place(xp, make_optimizer):
