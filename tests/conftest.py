@@ -1,12 +1,13 @@
-"""Shared fixtures: the array backends every op must run on, and Hypothesis profiles.
+"""Shared fixtures: the array backends every op must run on, Hypothesis profiles, and the small
+trained models that several test modules use (trained once a session).
 
 `xp` runs a test on NumPy, on the strict Array API backend (which rejects anything outside the
 standard) and on CuPy (marked gpu; skipped without CuPy and a CUDA device). Select a Hypothesis
 profile with HYPOTHESIS_PROFILE=dev|ci (ci is the default under CI=true).
 """
 import os
+import sys
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -50,3 +51,70 @@ def mnist_small():
     """The first 3,000 real training images and 1,000 real test images."""
     from data.mnist import load_mnist
     return load_mnist("train", limit=3000), load_mnist("test", limit=1000)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """run(*argv) -> (exit code, stdout, stderr) of attack.main (or train.main)."""
+    import attack
+    from test_train import call
+    monkeypatch.setattr(sys, "argv", ["attack.py"])
+
+    def run(*argv, main=attack.main):
+        code = call(main, argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Two tiny train.py runs (one epoch on 96 images): plain (--alpha 0.3) and with BatchNorm
+    (--alpha 0.2) -> {"plain": path, "bn": path} of their checkpoint.npz; read only."""
+    import train
+    from test_train import SMALL, call
+    root = tmp_path_factory.mktemp("runs")
+    runs = {"plain": [], "bn": ["--bn", "--alpha", "0.2"]}
+    for name, flags in runs.items():
+        assert call(train.main, [*SMALL, "--epochs", 1, *flags, "--out", root / name]) == 0
+    return {name: root / name / "checkpoint.npz" for name in runs}
+
+
+@pytest.fixture(scope="session")
+def checkpoint(checkpoints):
+    """The plain one of `checkpoints`."""
+    return checkpoints["plain"]
+
+
+@pytest.fixture(scope="session")
+def shipped_tiny(tmp_path_factory):
+    """A folder whose models/ holds one shipped model, 'tiny', made by the real models.build
+    (one epoch on 96 images, exported, measured, in the manifest)."""
+    from models import build
+    root = tmp_path_factory.mktemp("shipped")
+    (root / "models").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        _point_models_at(patch, root)
+        assert build.main(["--images", "8"]) == 0
+    return root
+
+
+def _point_models_at(patch, root):
+    """models (its folder, manifest and list) and the build's runs folder under root."""
+    import models
+    from models import build
+    from test_train import SMALL
+    patch.setattr(models, "FOLDER", root / "models")
+    patch.setattr(models, "MANIFEST", root / "models" / "manifest.json")
+    patch.setattr(models, "MODELS", {"tiny": ("a tiny CNN", ["--mode", "standard", "--epochs",
+                                                             "1", *SMALL])})
+    patch.setattr(build, "RUNS", root / "runs")
+
+
+@pytest.fixture(scope="module")
+def tiny(shipped_tiny):
+    """`shipped_tiny`'s folder, models pointed at it for the test module that asks (the real
+    folder again after it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        _point_models_at(patch, shipped_tiny)
+        yield shipped_tiny

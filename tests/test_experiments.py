@@ -4,35 +4,17 @@ in-process on a CNN trained for one epoch on 96 images, with a handful of test i
 experiment."""
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 
-import attack
+import conftest
 import train
 from training import exercise
 from data.mnist import load_mnist
-from test_train import PNG, SMALL, assert_one_sentence, call, read_rows
+from test_train import PNG, SMALL, assert_one_sentence, read_rows
 
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """run(*argv) -> (exit code, stdout, stderr) of attack.main (or train.main)."""
-    monkeypatch.setattr(sys, "argv", ["attack.py"])
-
-    def run(*argv, main=attack.main):
-        code = call(main, argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "run"
-    assert call(train.main, [*SMALL, "--epochs", 1, "--out", out]) == 0
-    return out / "checkpoint.npz"
+cli = conftest.cli  # the fixture, for tests/test_api_attacks.py, which imports it from here
 
 
 def test_gallery(cli, checkpoint, tmp_path):

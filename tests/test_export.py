@@ -17,7 +17,6 @@ from nn import Sequential, reference_cnn
 from nn.checkpoint import load_checkpoint, section
 from nn.export import export_checkpoint, load_exported, main, torch_state_dict
 from nn.layers import LeakyReLU
-from test_robust import checkpoints  # noqa: F401  (the fixture: tiny runs, plain and BN)
 from test_train import assert_one_sentence
 
 NAMES = {False: {"0.weight": (32, 1, 5, 5), "0.bias": (32,), "3.weight": (64, 32, 5, 5),

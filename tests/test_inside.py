@@ -8,7 +8,6 @@ import numpy as np
 from experiments.inside import class_images, logit_gradient, spearman, unit_stimuli
 from nn import Sequential, reference_cnn
 from nn.gradcheck import as_float64
-from test_experiments import checkpoint, cli  # noqa: F401  (the fixtures)
 
 
 def test_class_visualisations_raise_their_logit():
@@ -43,7 +42,7 @@ def test_rank_correlation():
     assert spearman(a, a) == 1.0 and spearman(a, -a) == -1.0
 
 
-def test_inside_runs_and_its_judge_never_saw_what_it_judges(cli, checkpoint, tmp_path):  # noqa: F811
+def test_inside_runs_and_its_judge_never_saw_what_it_judges(cli, checkpoint, tmp_path):
     code, out, err = cli("inside", "--checkpoint", checkpoint, "--out", tmp_path / "in",
                          "--images", 10, "--steps", 3, "--epochs", 1, "--train-limit", 200,
                          "--test-limit", 20)

@@ -10,32 +10,18 @@ import json
 import numpy as np
 import pytest
 
+import conftest
 import models
 from attacks import predict
 from data.mnist import load_mnist
 from experiments.common import load_model
 from models import build
-from test_experiments import cli  # noqa: F401  (the fixture)
 from test_train import SMALL, assert_one_sentence
+
+tiny = conftest.tiny  # the fixture, for tests/test_api_attacks.py, which imports it from here
 
 
 SHIPPED = {"FOLDER": models.FOLDER, "MANIFEST": models.MANIFEST, "MODELS": models.MODELS}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A models folder holding one shipped model, 'tiny', made by models.build."""
-    root = tmp_path_factory.mktemp("shipped")
-    patch = pytest.MonkeyPatch()
-    patch.setattr(models, "FOLDER", root / "models")
-    patch.setattr(models, "MANIFEST", root / "models" / "manifest.json")
-    patch.setattr(models, "MODELS", {"tiny": ("a tiny CNN", ["--mode", "standard", "--epochs",
-                                                             "1", *SMALL])})
-    patch.setattr(build, "RUNS", root / "runs")
-    (root / "models").mkdir()
-    assert build.main(["--images", "8"]) == 0
-    yield root
-    patch.undo()
 
 
 def test_build_trains_exports_measures_and_writes_the_manifest(tiny, capsys):

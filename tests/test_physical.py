@@ -8,7 +8,6 @@ import pytest
 
 from experiments.physical import ATTACKS, destruction_rate
 from nn.transforms import FAMILIES
-from test_experiments import checkpoint, cli  # noqa: F401  (the fixtures)
 
 
 def test_destruction_rate_counts_only_successful_adversarial_images():
@@ -23,7 +22,7 @@ def test_destruction_rate_counts_only_successful_adversarial_images():
     assert math.isnan(rate) and total == 0
 
 
-def test_physical_runs_every_attack_under_every_family(cli, checkpoint, tmp_path):  # noqa: F811
+def test_physical_runs_every_attack_under_every_family(cli, checkpoint, tmp_path):
     code, out, err = cli("physical", "--checkpoint", checkpoint, "--out", tmp_path, "--images", 6,
                          "--eps", 0.25, "--draws", 2, "--eot-samples", 2, "--strengths", 0, 1)
     assert code == 0, err
@@ -41,7 +40,7 @@ def test_physical_runs_every_attack_under_every_family(cli, checkpoint, tmp_path
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
-def test_patch_experiment_with_its_controls(cli, checkpoint, tmp_path):  # noqa: F811
+def test_patch_experiment_with_its_controls(cli, checkpoint, tmp_path):
     code, out, err = cli("patch", "--checkpoint", checkpoint, "--out", tmp_path, "--images", 20,
                          "--sides", 4, 8, "--targets", 1, 7, "--steps", 3, "--train-images", 64)
     assert code == 0, err
@@ -65,7 +64,7 @@ def test_shrunk_digits_keep_their_mean():
     np.testing.assert_allclose(shrink(image, 14), image.reshape(14, 2, 14, 2).mean(axis=(1, 3)))
 
 
-def test_universal_experiment_reports_on_unseen_images_and_transfers(cli, checkpoint,  # noqa: F811
+def test_universal_experiment_reports_on_unseen_images_and_transfers(cli, checkpoint,
                                                                      tmp_path):
     code, out, err = cli("universal", "--checkpoint", checkpoint, "--out", tmp_path / "u",
                          "--images", 30, "--eps", 0.3, "--steps", 5, "--train-images", 64,

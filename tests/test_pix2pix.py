@@ -12,7 +12,6 @@ from gan.pix2pix import (VARIANTS, UNet, inpainting_input, l1_loss, patch_discri
 from nn import Adam
 from nn.functional import sigmoid_forward
 from nn.gradcheck import as_float64
-from test_models import tiny  # noqa: F401  (the fixture: a shipped model to judge with)
 
 
 def test_unet_backward_through_the_skip():
@@ -76,7 +75,7 @@ def test_one_step_moves_the_generator_the_expected_way(digits, variant):
         train_step(G, D, opt_g, opt_d, x, y, "gan")
 
 
-def test_train_pix2pix_runs_resumes_and_reports(tiny, tmp_path, capsys):  # noqa: F811
+def test_train_pix2pix_runs_resumes_and_reports(tiny, tmp_path, capsys):
     import train_pix2pix
     runs = tmp_path / "pix2pix"
     for variant in ("l1", "l1+cgan"):

@@ -13,24 +13,12 @@ import numpy as np
 import pytest
 
 import attack
-import train
 from experiments import robust
 from nn.checkpoint import load_checkpoint, save_checkpoint
-from test_experiments import cli  # noqa: F401  (the fixture)
-from test_train import PNG, SMALL, assert_one_sentence, call
+from test_train import PNG, assert_one_sentence
 
 QUICK = ("--images", 24, "--pgd-steps", 3, "--apgd-steps", 4, "--targets", 2,
          "--square-queries", 20, "--fab-steps", 3)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two tiny train.py runs: plain (--alpha 0.3) and with BatchNorm (--alpha 0.2)."""
-    root = tmp_path_factory.mktemp("robust")
-    runs = {"plain": [], "bn": ["--bn", "--alpha", "0.2"]}
-    for name, flags in runs.items():
-        assert call(train.main, [*SMALL, "--epochs", 1, *flags, "--out", root / name]) == 0
-    return {name: root / name / "checkpoint.npz" for name in runs}
 
 
 @pytest.fixture
