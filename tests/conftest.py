@@ -11,6 +11,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, settings
 
+from ci_report import pytest_sessionfinish  # noqa: F401  (the hook: under CI, no skips but gpu)
 from nn.backend import reuse_host_memory
 
 reuse_host_memory()  # as train.py does: large temporaries stop page-faulting, tests run faster

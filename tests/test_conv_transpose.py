@@ -58,6 +58,7 @@ def test_concat_and_its_backward():
     np.testing.assert_array_equal(db, 2 * b)
 
 
+@pytest.mark.oracle
 def test_matches_pytorch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)

@@ -99,6 +99,7 @@ def torch_cnn(torch, bn):
     return tnn.Sequential(*block(1, 32), *block(32, 64), tnn.Flatten(), tnn.Linear(1024, 10))
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("bn", [False, True], ids=["plain", "bn"])
 def test_pytorch_loads_the_export_and_gives_our_logits(checkpoints, tmp_path, bn):
     torch = pytest.importorskip("torch")

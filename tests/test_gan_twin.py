@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.oracle
 
 from benchmarks import gan_twin  # noqa: E402
 from gan import discriminator, discriminator_step, generator, generator_step  # noqa: E402

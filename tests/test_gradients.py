@@ -817,6 +817,7 @@ def to_torch(model):
 TORCH_NAMES = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_reference_cnn_matches_pytorch(train):
     torch = pytest.importorskip("torch")
@@ -860,6 +861,7 @@ def test_reference_cnn_matches_pytorch(train):
                                    **close)
 
 
+@pytest.mark.oracle
 @given(case=conv_cases(), seed=seeds)
 def test_conv2d_matches_pytorch(case, seed):
     torch = pytest.importorskip("torch")
@@ -877,6 +879,7 @@ def test_conv2d_matches_pytorch(case, seed):
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.oracle
 @given(case=pool_cases(), levels=st.integers(1, 3), seed=seeds)
 def test_max_pool2d_ties_match_pytorch(case, levels, seed):
     torch = pytest.importorskip("torch")

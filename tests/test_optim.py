@@ -36,6 +36,7 @@ def test_adam_first_step_moves_each_parameter_by_lr():
     (lambda: Adam(lr=1e-2, betas=(0.8, 0.99), eps=1e-6),
      lambda torch, ps: torch.optim.Adam(ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6)),
 ], ids=["sgd-momentum", "sgd", "adam"])
+@pytest.mark.oracle
 def test_five_steps_equal_torch_optim(ours, theirs):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
