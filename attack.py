@@ -24,6 +24,8 @@ EXPERIMENTS = {
     "autoencoder": "a small input change that makes an autoencoder reconstruct another digit",
     "decision": "HopSkipJump from labels alone (in-process or over the API), distortion "
                 "against queries",
+    "minimum": "the white-box L2 minimum by DDN, from the image and from random misclassified "
+               "images, beside HopSkipJump's",
     "physical": "destruction rates of FGS, PGD, least-likely and EOT-PGD under camera-like "
                 "transformations",
     "patch": "targeted adversarial patches of several sizes, against noise and a drawn digit",
