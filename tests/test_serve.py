@@ -468,11 +468,11 @@ def test_usage_survives_a_restart(model, tmp_path, images):
             s.stop()
 
 
-def serve_main(*argv, env=None, wait=True):
+def serve_main(*argv, env=None, wait=True, **popen):
     """serve.py as a user runs it: (exit code, stdout, stderr), or the Popen if not wait."""
     process = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), *map(str, argv)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=ROOT)
+                               env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=ROOT, **popen)
     if not wait:
         return process
     out, err = process.communicate(timeout=120)
