@@ -132,6 +132,9 @@ def main(argv=None):
     if args.budget is not None and not keys.ids:
         return fail("--budget meters API keys, and none were given: name a --keys-file, or "
                     "set API_KEYS")
+    if args.ledger == "memory" and args.workers > 1:
+        return fail("--ledger memory keeps each worker's own counts: with --workers, keep "
+                    "usage in an SQLite file or on Redis")
     try:
         open_ledger(args.ledger)
     except LedgerError as exc:

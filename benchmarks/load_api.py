@@ -1,20 +1,26 @@
-"""Load benchmark of serve.py's prediction API: K concurrent clients on loopback, bounded time.
+"""Load benchmark of serve.py's prediction API: clients x workers x ledgers, on loopback.
 
-    python benchmarks/load_api.py --clients 8 --seconds 20 --batch 1
+    python benchmarks/load_api.py                               # the whole table (~6 minutes)
+    python benchmarks/load_api.py --clients 8 --workers 1 --ledgers sqlite --seconds 10
 
-Starts `python serve.py` (the shipped standard model) on a free loopback port as a separate
-process, runs --clients threads that each send /api/v1/predict requests of --batch test images
-(urllib, one connection per request, as a naive client would) for --seconds, then prints
-requests per second, images per second, p50/p99 latency, the errors (any non-200) and whether
-the server's count for the key equals the sum of the clients' counts. Also times /api/v1/attack
-(FGS, one image) alone, the page's call. A script, not a test: the numbers depend on the machine.
+For each combination it starts `python serve.py --budget ...` (the shipped standard model) on a
+free loopback port as its own process group, with one key per client, runs the clients (threads
+sending /api/v1/predict requests of --batch test images through urllib, a new connection per
+request, as a naive client does; a 503 is sent again after its Retry-After) for --seconds, and
+prints a Markdown row: requests/s, images/s, p50/p99 latency, 503s, errors (anything else),
+and whether the server's count (the sum of the keys' usage) equals the clients' sum. The Redis
+ledger needs `redis-server` on the PATH (started here on a free port). A script, not a test:
+the numbers depend on the machine, and on what else it runs.
 """
 import argparse
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -28,7 +34,38 @@ sys.path.insert(0, str(ROOT))
 
 from data.mnist import load_mnist  # noqa: E402
 
-KEY = "bench"
+
+def post(url, key, body):
+    request = urllib.request.Request(url + "/api/v1/predict", data=json.dumps(body).encode(),
+                                     headers={"X-API-Key": key,
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, json.loads(response.read())
+
+
+def usage(url, key):
+    request = urllib.request.Request(url + "/api/v1/usage", headers={"X-API-Key": key})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["queries"]
+
+
+def client(url, key, images, batch, until, seed, results):
+    rng = np.random.default_rng(seed)
+    latencies, sent, busy, errors = [], 0, 0, 0
+    while time.perf_counter() < until:
+        x = images[rng.integers(0, len(images), batch)]
+        t0 = time.perf_counter()
+        try:
+            post(url, key, {"images": x.round(4).tolist()})
+            sent += batch
+            latencies.append(time.perf_counter() - t0)
+        except urllib.error.HTTPError as err:
+            busy += err.code == 503
+            errors += err.code != 503
+            time.sleep(float(err.headers.get("Retry-After") or 0) if err.code == 503 else 0)
+        except (urllib.error.URLError, OSError):
+            errors += 1
+    results.append((latencies, sent, busy, errors))
 
 
 def free_port():
@@ -37,86 +74,95 @@ def free_port():
         return s.getsockname()[1]
 
 
-def post(url, path, body):
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                     headers={"X-API-Key": KEY,
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return response.status, json.loads(response.read())
-
-
-def get(url, path):
-    request = urllib.request.Request(url + path, headers={"X-API-Key": KEY})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def client(url, images, batch, until, seed, results):
-    rng = np.random.default_rng(seed)
-    latencies, sent, errors = [], 0, 0
-    while time.perf_counter() < until:
-        x = images[rng.integers(0, len(images), batch)]
-        t0 = time.perf_counter()
-        try:
-            status, _ = post(url, "/api/v1/predict", {"images": x.round(4).tolist()})
-        except (urllib.error.URLError, OSError):
-            status = None
-        latencies.append(time.perf_counter() - t0)
-        if status == 200:
-            sent += batch
-        else:
-            errors += 1
-    results.append((latencies, sent, errors))
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--batch", type=int, default=1, help="images per request")
-    args = p.parse_args()
+def start_redis(folder):
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "serve.py", "--port", str(port), "--models",
-                               "standard", "--keys", KEY], cwd=ROOT,
-                              env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                "--dir", folder, "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return f"redis://127.0.0.1:{port}/0", process
+
+
+def measure(clients, workers, ledger, batch, seconds, images, folder):
+    """One row: serve.py with `workers` and `ledger`, `clients` threads for `seconds`."""
+    keys = [f"bench-key-{i:04d}-{os.getpid()}-{time.time_ns()}" for i in range(clients)]
+    (Path(folder) / "keys.txt").write_text("\n".join(keys) + "\n")
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "serve.py"), "--port", "0", "--models", "standard",
+         "--keys-file", str(Path(folder) / "keys.txt"), "--budget", str(10 ** 9),
+         "--ledger", ledger, "--workers", str(workers)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     try:
-        for _ in range(600):
+        url = server.stdout.readline().split(" on ", 1)[1].split("/ ", 1)[0]
+        for _ in range(600):  # until every worker answers
             try:
-                get(url, "/api/v1/models")
+                usage(url, keys[0])
                 break
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
-        images = load_mnist("test", limit=1000)[0][:, 0]
-        attack = []
-        for i in range(50):
-            t0 = time.perf_counter()
-            post(url, "/api/v1/attack", {"image": images[i].tolist(), "attack": "fgs",
-                                         "eps": 0.1, "model": "standard"})
-            attack.append(time.perf_counter() - t0)
-        results, until = [], time.perf_counter() + args.seconds
-        threads = [threading.Thread(target=client, args=(url, images, args.batch, until, s,
-                                                         results)) for s in range(args.clients)]
+        time.sleep(2.0 * (workers > 1))
+        results, until = [], time.perf_counter() + seconds
+        threads = [threading.Thread(target=client, args=(url, keys[i], images, batch, until,
+                                                         i, results)) for i in range(clients)]
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
-        counted = get(url, "/api/v1/usage")["queries"]
+        counted = sum(usage(url, k) for k in keys)
     finally:
-        server.terminate()
-        server.wait(10)
-    latencies = np.concatenate([r[0] for r in results]) * 1000
-    sent, errors = sum(r[1] for r in results), sum(r[2] for r in results)
-    print(f"{args.clients} clients, {args.batch} image(s) a request, {elapsed:.1f} s on "
-          f"{os.cpu_count()} cores: {len(latencies) / elapsed:.0f} requests/s, "
-          f"{sent / elapsed:.0f} images/s; latency p50 {np.percentile(latencies, 50):.1f} ms, "
-          f"p99 {np.percentile(latencies, 99):.1f} ms; errors {errors}; server count {counted}, "
-          f"clients' sum {sent}: {'equal' if counted == sent else 'DIFFERENT'}")
-    print(f"/api/v1/attack FGS on one image, alone: p50 {1000 * np.median(attack):.1f} ms, "
-          f"p99 {1000 * np.percentile(attack, 99):.1f} ms")
-    return 0 if errors == 0 and counted == sent else 1
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    latencies = np.concatenate([r[0] for r in results] + [[np.nan]]) * 1000
+    sent = sum(r[1] for r in results)
+    busy, errors = sum(r[2] for r in results), sum(r[3] for r in results)
+    kind = ledger.split(":")[0] if ledger.startswith("redis") else \
+        "memory" if ledger == "memory" else "sqlite"
+    print(f"| {clients} | {workers} | {kind} | {(len(latencies) - 1) / elapsed:.0f} | "
+          f"{sent / elapsed:.0f} | {np.nanpercentile(latencies, 50):.1f} | "
+          f"{np.nanpercentile(latencies, 99):.1f} | {busy} | {errors} | "
+          f"{'=' if counted == sent else f'{counted} vs {sent}'} |", flush=True)
+    return errors == 0 and counted == sent
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--ledgers", nargs="+", default=["memory", "sqlite", "redis"],
+                   choices=["memory", "sqlite", "redis"])
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--batch", type=int, default=1, help="images per request")
+    args = p.parse_args()
+    images = load_mnist("test", limit=1000)[0][:, 0]
+    print(f"{args.batch} image(s) a request, {args.seconds:g} s a row, {os.cpu_count()} cores\n")
+    print("| clients | workers | ledger | requests/s | images/s | p50 ms | p99 ms | 503s | "
+          "errors | server count |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    ok, redis = True, None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            for ledger in args.ledgers:
+                if ledger == "redis":
+                    if shutil.which("redis-server") is None:
+                        print("(no redis-server: the Redis rows are skipped)")
+                        continue
+                    where, redis = start_redis(folder)
+                for workers in args.workers:
+                    if ledger == "memory" and workers > 1:
+                        continue  # serve.py refuses it: each worker would count apart
+                    for clients in args.clients:
+                        if ledger == "sqlite":
+                            where = str(Path(folder) / f"usage-{workers}-{clients}.sqlite3")
+                        elif ledger == "memory":
+                            where = "memory"
+                        ok &= measure(clients, workers, where, args.batch, args.seconds,
+                                      images, folder)
+        finally:
+            if redis is not None:
+                redis.terminate()
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -486,6 +486,7 @@ def serve_main(*argv, env=None, wait=True, **popen):
     (["--keys-file", "/nonexistent/keys"], "cannot read the keys file /nonexistent/keys"),
     (["--ledger", "redis://127.0.0.1:1/0"], "cannot reach the Redis ledger"),
     (["--ledger", "/proc/no/such/usage.sqlite3"], "cannot open the usage ledger"),
+    (["--ledger", "memory", "--workers", 2], "keeps each worker's own counts"),
 ])
 def test_serve_main_says_what_is_wrong_in_one_sentence(argv, fragment):
     if "redis" in str(argv):
