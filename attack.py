@@ -28,6 +28,8 @@ EXPERIMENTS = {
                "images, beside HopSkipJump's",
     "physical": "destruction rates of FGS, PGD, least-likely and EOT-PGD under camera-like "
                 "transformations",
+    "survival": "destruction by a camera of PGD stopped early or run to the end, Kurakin's "
+                "schedule and EOT, against the adversarial margin",
     "patch": "targeted adversarial patches of several sizes, against noise and a drawn digit",
     "universal": "one image-agnostic perturbation per eps, fitted on training images",
     "inside": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
