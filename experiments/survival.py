@@ -16,6 +16,8 @@ Writes survival.csv (one row per model, eps and attack), survival_images.csv (on
 successful adversarial image: its margin and how many draws turned it back), survival.json and
 survival.png (destruction against the margin, and per attack against eps).
 """
+from itertools import pairwise
+
 import numpy as np
 
 import models
@@ -25,8 +27,18 @@ from nn.backend import namespace_for
 from nn.transforms import print_and_photograph
 from training.cli import float_in, positive_int
 
-from .common import (host, load_model, model_paths, on_model, out_dir, progress, run_name,
-                     test_set, write_csv, write_json)
+from .common import (
+    host,
+    load_model,
+    model_paths,
+    on_model,
+    out_dir,
+    progress,
+    run_name,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 from .physical import SHIFTED, destruction_rate, transformed_correct
 
@@ -91,7 +103,7 @@ def binned(margin, destroyed, draws, edges=MARGIN_EDGES):
     """[(low, high, images, destruction rate or None)] of the images whose margin lies in each
     [low, high): destroyed (M,) counts of the `draws` draws that turned each image back."""
     out = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in pairwise(edges):
         inside = (margin >= low) & (margin < high)
         n = int(inside.sum())
         out.append((low, high, n, float(destroyed[inside].sum() / (n * draws)) if n else None))
@@ -172,7 +184,7 @@ def figure(path, rows, by_margin, eps_list):
                     lw=2.5 if name == "all attacks" else 1)
         edges = MARGIN_EDGES
         ax.set_xticks(range(len(edges) - 1))
-        ax.set_xticklabels([f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])],
+        ax.set_xticklabels([f"{lo:g}-{hi:g}" for lo, hi in pairwise(edges)],
                            fontsize=7)
         ax.set(xlabel="adversarial margin: logit of the adversarial class minus the best other",
                ylabel="destruction rate by the composite (%)", ylim=(0, 102),
