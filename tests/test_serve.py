@@ -10,8 +10,10 @@ leaves another model's 1-image requests fast; every malformed request gets a 4xx
 sentence of JSON while the server keeps serving; serve.main says what is wrong in one sentence.
 """
 import base64
+import contextlib
 import io
 import json
+import logging
 import socket
 import statistics
 import subprocess
@@ -243,6 +245,28 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     assert err.value.code == 413
     assert json.loads(err.value.read()) == {"error": "the body is larger than 1000000 bytes"}
     assert call(server[0].url, "/api/v1/predict", {"images": GOOD})[0] == 200
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(server):
+    """No Content-Length: the chunks are counted as they arrive, and the 1,000,001st byte of a
+    chunked body ends it with 413 (the limit used to apply to announced lengths only)."""
+    with socket.create_connection(("127.0.0.1", server[0].port)) as s:
+        s.sendall(f"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\n"
+                  "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  .encode())
+        chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+        try:
+            for _ in range(40):  # 2.6 MB, if the server let it in
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.settimeout(10)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):  # closed on the rest of the chunks
+            while chunk:
+                chunk = s.recv(65536)
+                got += chunk
+    assert got.startswith(b"HTTP/1.1 413"), got[:100]
 
 
 HEAD = ("POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -546,9 +570,12 @@ def test_serve_main_prints_the_real_address_and_no_key(tmp_path):
 def test_an_aborted_upload_is_quiet(strict, caplog):
     """A client that sends half its body and hangs up gets no answer to read, and the server
     logs no traceback and goes on serving."""
+    logger = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to root
+    logger.addHandler(caplog.handler)
     with socket.create_connection(("127.0.0.1", strict.port)) as s:
         s.sendall(HEAD.format(key=KEY, length=5000).encode() + b'{"images": [[[0.5')
         time.sleep(0.1)
     time.sleep(0.3)
+    logger.removeHandler(caplog.handler)
     assert call(strict.url, "/api/v1/predict", {"images": GOOD})[0] == 200
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

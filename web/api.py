@@ -61,9 +61,9 @@ class Limits:
     max_body: int = 4_000_000    # bytes in a request body
     max_batch: int = 1000        # images in a /predict request
     body_seconds: float = 10.0   # for a body to arrive (408 after)
-    inflight: int = 32           # requests holding a body at once (503 past it)
+    inflight: int = 64           # requests holding a body at once (503 past it)
     per_client: int = 4          # of them from one key (or, for the page, one address)
-    queue: int = 8               # requests waiting for or running on one model (503 past it)
+    queue: int = 32              # requests waiting for or running on one model (503 past it)
     parsers: int = 2             # large bodies parsed at once, each in a worker thread
     inline: int = 65_536         # bytes of a body small enough to parse on the event loop
     page_rate: float = 20.0      # /attack calls a second per client address (429 past it)
