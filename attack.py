@@ -32,6 +32,8 @@ EXPERIMENTS = {
                 "schedule and EOT, against the adversarial margin",
     "patch": "targeted adversarial patches of several sizes, against noise and a drawn digit",
     "universal": "one image-agnostic perturbation per eps, fitted on training images",
+    "universal_seeds": "universal perturbations over seeds, fitted pass by pass until converged, "
+                       "untargeted and toward each class",
     "inside": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
               "judged by an independent model",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",

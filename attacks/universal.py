@@ -97,3 +97,57 @@ def universal_perturbation(model, images, eps, steps=500, batch=64, step=None, r
             v = np.clip(v + step * np.sign(dx.sum(axis=0, keepdims=True)), -eps, eps)
         model.clear_caches()
     return v
+
+
+def universal_passes(model, images, eps, passes=10, batch=100, step=None, target=None,
+                     check=None, tol=0.005, update="sign", rng=None):
+    """A universal perturbation fitted pass by pass with a decaying step, until it converges:
+    (v (1, 1, 28, 28) host with |v| <= eps, history [(pass, rate on `check`)]).
+
+    Each pass goes once through host `images` (N, 1, 28, 28) in a fresh random order (host
+    generator rng), in batches of `batch`; each batch takes one step of step / p (pass p, step
+    default eps / 10) along the batch's summed gradient g, its sign (update="sign") or g / max|g|
+    (update="scaled", as FGV: a stochastic gradient step), up the cross-entropy of the model's
+    own clean predictions (untargeted), or down that of class `target`, then the projection
+    onto the eps ball. After every pass the rate on host images `check` (default `images`) is
+    measured: the share whose prediction changes (untargeted) or becomes `target`; fitting stops
+    after the first pass (from the third on) that raises it by less than tol, or after `passes`.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    step = eps / 10 if step is None else step
+    check = images if check is None else check
+    like = first_param(model)
+    xp = xp_of(like)
+    v = np.zeros((1, *images.shape[1:]))
+    history = []
+
+    def rate(v):
+        hits = []
+        with eval_mode(model):
+            for s in range(0, len(check), 500):
+                x = to_device(check[s:s + 500], like)
+                clean = xp.argmax(model.forward(x), axis=1)
+                after = xp.argmax(model.forward(xp.clip(x + _like(v, x), 0.0, 1.0)), axis=1)
+                hits.append(to_numpy(after != clean if target is None else after == target))
+            model.clear_caches()
+        return float(np.mean(np.concatenate(hits)))
+
+    with eval_mode(model):
+        for p in range(1, passes + 1):
+            order = rng.permutation(len(images))
+            for s in range(0, len(images), batch):
+                x = to_device(images[order[s:s + batch]], like)
+                if target is None:
+                    t, direction = xp.argmax(model.forward(x), axis=1), 1.0
+                else:
+                    t, direction = to_device(np.full(x.shape[0], target), like), -1.0
+                x_v = xp.clip(x + _like(v, x), 0.0, 1.0)
+                g = to_numpy(loss_and_gradients(model, x_v, t, param_grads=False).dx).sum(
+                    axis=0, keepdims=True)
+                g = np.sign(g) if update == "sign" else g / max(float(np.abs(g).max()), 1e-30)
+                v = np.clip(v + direction * (step / p) * g, -eps, eps)
+            model.clear_caches()
+            history.append((p, rate(v)))
+            if p >= 3 and history[-1][1] - history[-2][1] < tol:
+                break
+    return v, history
