@@ -3,6 +3,7 @@ classified test images only, plus the robust accuracy over all images that paper
 import numpy as np
 
 from nn.backend import to_device, to_numpy, xp_of
+from nn.interval import certified
 from nn.model import first_param
 
 from .gradient import eval_mode, fgs_step, fgv_step, loss_and_gradients
@@ -41,6 +42,18 @@ def predict(model, images, batch_size=EVAL_BATCH):
     with eval_mode(model):
         return np.concatenate([to_numpy(xp.argmax(model.forward(to_device(images[s], like)), axis=1))
                                for s in batch_slices(len(images), batch_size)])
+
+
+def certify(model, images, labels, eps, batch_size=EVAL_BATCH):
+    """Whether each host image (N, C, H, W) is *proven* to keep its host label (N,) against any
+    perturbation of L-infinity norm <= eps (interval bounds, nn/interval.py): (N,) booleans on
+    the host, in eval mode. An image the model gets wrong is never certified."""
+    like = first_param(model)
+    with eval_mode(model):
+        out = [to_numpy(certified(model, to_device(images[s], like), to_device(labels[s], like),
+                                  eps)) for s in batch_slices(len(images), batch_size)]
+        model.clear_caches()
+    return np.concatenate(out)
 
 
 def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):

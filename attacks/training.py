@@ -1,5 +1,8 @@
 """One optimizer step of each training mode: the exercise's standard, noise and adversarial
-steps, and PGD training (Madry et al.), the remedy for the gradient masking FGS training shows."""
+steps, PGD training (Madry et al.), the remedy for the gradient masking FGS training shows, and
+IBP training (Gowal et al.), which trains on bounds that prove robustness."""
+from nn.interval import margins, margins_backward
+from nn.losses import softmax_cross_entropy
 from nn.optim import add_grads
 
 from .gradient import fgs_step, loss_and_gradients, sign_noise
@@ -45,3 +48,21 @@ def pgd_step(model, optimizer, x, t, eps, steps, rng):
     """
     x_adv = pgd(model, x, t, eps=eps, steps=steps, random_start=True, rng=rng, keep_first=False)
     return standard_step(model, optimizer, x_adv, t)
+
+
+def ibp_step(model, optimizer, x, t, eps, kappa):
+    """Gowal et al.'s step: descend kappa * J(x) + (1 - kappa) * J(worst-case logits); returns
+    that loss.
+
+    The worst-case logits over the box of radius eps around x are -lower, where lower (N, K)
+    bounds z_t - z_j from below (nn/interval.py: margins): the true class at 0, every other as
+    high as the box lets it rise. Their cross-entropy falls only as the bounds prove more
+    margin. Both losses' parameter gradients, weighted, make one optimizer step.
+    """
+    clean = loss_and_gradients(model, x, t, input_grad=False)
+    lower, cache = margins(model, x, t, eps)
+    worst, dworst = softmax_cross_entropy(-lower, t)
+    bound_grads = margins_backward(model, -dworst, cache)
+    total = {k: kappa * clean.grads[k] + (1 - kappa) * bound_grads[k] for k in clean.grads}
+    optimizer.step(model.params, total)
+    return kappa * clean.loss + (1 - kappa) * worst

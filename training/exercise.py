@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks import (adversarial_step, default_attacks, evaluate, noise_step, pgd_attack,
-                     pgd_step, standard_step)
+from attacks import (adversarial_step, certify, default_attacks, evaluate, ibp_step,
+                     noise_step, pgd_attack, pgd_step, standard_step)
 from data.mnist import DATASETS, load_mnist
 from nn import SGD, reference_cnn
 from nn.backend import namespace_for
@@ -31,17 +31,20 @@ DESCRIPTION = ("Train the exercise's CNN on MNIST and evaluate it against FGS an
 # The flags that define a run: --resume refuses a checkpoint made with other values.
 RUN_SETTINGS = ("mode", "bn", "batch_size", "lr", "momentum", "alpha", "fgv_alpha",
                 "noise_alpha", "seed", "train_limit", "test_limit", "train_half", "pgd_images",
-                "pgd_steps", "pgd_train_steps", "pgd_warmup", "dataset")
-OLDER = {"dataset": "mnist"}  # what a checkpoint made before a flag existed was made with
+                "pgd_steps", "pgd_train_steps", "pgd_warmup", "dataset", "ibp_eps", "ibp_warmup",
+                "ibp_ramp")
+# what a checkpoint made before a flag existed was made with
+OLDER = {"dataset": "mnist", "ibp_eps": None, "ibp_warmup": None, "ibp_ramp": None}
 
 
 def parse_args(argv=None, prog=None):
     """train.py's flags -> argparse.Namespace, with the defaults that depend on other flags."""
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
-    p.add_argument("--mode", choices=["standard", "noise", "adversarial", "pgd"],
+    p.add_argument("--mode", choices=["standard", "noise", "adversarial", "pgd", "ibp"],
                    default="standard",
-                   help="train on clean, sign-noise, clean + FGS batches (the exercise), or on "
-                        "PGD batches only (Madry et al.)")
+                   help="train on clean, sign-noise, clean + FGS batches (the exercise), on "
+                        "PGD batches only (Madry et al.), or on interval bounds (IBP, Gowal et "
+                        "al.: certified robustness, a certified_acc column per epoch)")
     p.add_argument("--bn", action="store_true", help="the reference CNN with BatchNorm")
     p.add_argument("--epochs", type=positive_int, default=50)
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -54,6 +57,14 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--pgd-warmup", type=float_in(0, math.inf, high_open=True),
                    help="in --mode pgd, epochs over which PGD's eps grows linearly from 0 to "
                         "--alpha (default 1; at full eps from the start the CNN stays at chance)")
+    p.add_argument("--ibp-eps", type=float_in(0, 1),
+                   help="in --mode ibp, the radius of the training box (default --alpha; Gowal "
+                        "et al. train MNIST's 0.3 at 0.4)")
+    p.add_argument("--ibp-warmup", type=float_in(0, math.inf, high_open=True),
+                   help="in --mode ibp, epochs of clean training first (default 1)")
+    p.add_argument("--ibp-ramp", type=float_in(0, math.inf, high_open=True),
+                   help="in --mode ibp, epochs over which the box grows from 0 to --ibp-eps and "
+                        "the clean loss's weight falls from 1 to 0.5 (default 10)")
     p.add_argument("--fgv-alpha", type=float_in(0, 1), default=0.6, help="FGV step for evaluation")
     p.add_argument("--noise-alpha", type=float_in(0, 1), default=0.3,
                    help="size of the random sign noise in --mode noise")
@@ -84,11 +95,16 @@ def parse_args(argv=None, prog=None):
         p.error("--pgd-steps needs --pgd-images")
     if args.pgd_images is not None and args.pgd_steps is None:
         args.pgd_steps = 20
-    for flag, default in (("pgd_train_steps", 7), ("pgd_warmup", 1.0)):
-        if getattr(args, flag) is not None and args.mode != "pgd":
-            p.error(f"--{flag.replace('_', '-')} needs --mode pgd")
-        if args.mode == "pgd" and getattr(args, flag) is None:
+    for mode, flag, default in (("pgd", "pgd_train_steps", 7), ("pgd", "pgd_warmup", 1.0),
+                                ("ibp", "ibp_eps", args.alpha), ("ibp", "ibp_warmup", 1.0),
+                                ("ibp", "ibp_ramp", 10.0)):
+        if getattr(args, flag) is not None and args.mode != mode:
+            p.error(f"--{flag.replace('_', '-')} needs --mode {mode}")
+        if args.mode == mode and getattr(args, flag) is None:
             setattr(args, flag, default)
+    if args.mode == "ibp" and args.bn:
+        p.error("--mode ibp trains without --bn: interval bounds need BatchNorm's statistics "
+                "fixed, and training keeps changing them")
     if args.out is None:
         args.out = Path("runs") / default_name(args)
     return args
@@ -119,8 +135,15 @@ def make_step(args, rng):
     """The optimizer step of the chosen mode, as step(model, optimizer, x, t, progress) -> loss.
 
     progress: the epochs completed so far, counted in fractions (0.5 is half the first epoch);
-    only --mode pgd uses it, for its eps warm-up.
+    only --mode pgd and --mode ibp use it, for their eps schedules.
     """
+    if args.mode == "ibp":
+        def step(model, optimizer, x, t, progress):
+            ramp = min(1.0, max(0.0, (progress - args.ibp_warmup) / args.ibp_ramp)) \
+                if args.ibp_ramp else float(progress >= args.ibp_warmup)
+            return ibp_step(model, optimizer, x, t, eps=args.ibp_eps * ramp,
+                            kappa=1 - 0.5 * ramp)
+        return step
     if args.mode == "pgd":
         def step(model, optimizer, x, t, progress):
             ramp = min(1.0, progress / args.pgd_warmup) if args.pgd_warmup else 1.0
@@ -153,6 +176,7 @@ def evaluate_pgd(model, images, labels, args, epoch):
 def epoch_line(row, epochs):
     pgd = (f"  PGD {100 * row['pgd_acc']:.2f}% (of {row['pgd_n_correct']})"
            if "pgd_acc" in row else "")
+    pgd += f"  certified {100 * row['certified_acc']:.2f}%" if "certified_acc" in row else ""
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  loss {row['train_loss']:.4f}  "
             f"clean {100 * row['clean_acc']:.2f}%  FGS {100 * row['fgs_acc']:.2f}%  "
             f"FGV {100 * row['fgv_acc']:.2f}% (of {row['n_correct']} correct){pgd}  "
@@ -189,6 +213,8 @@ def run(args):
         metrics = evaluate(model, test_x, test_t, attacks)
         if args.pgd_images:
             metrics.update(evaluate_pgd(model, test_x, test_t, args, epoch))
+        if args.mode == "ibp":
+            metrics["certified_acc"] = float(certify(model, test_x, test_t, args.alpha).mean())
         return metrics
 
     def publish(history):
