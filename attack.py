@@ -31,12 +31,15 @@ EXPERIMENTS = {
     "survival": "destruction by a camera of PGD stopped early or run to the end, Kurakin's "
                 "schedule and EOT, against the adversarial margin",
     "patch": "targeted adversarial patches of several sizes, against noise and a drawn digit",
+    "patch_location": "a patch's success at every place, the patch trained for the centre, and "
+                      "a patch per image at its best place",
     "universal": "one image-agnostic perturbation per eps, fitted on training images",
     "universal_seeds": "universal perturbations over seeds, fitted pass by pass until converged, "
                        "untargeted and toward each class",
     "inside": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
               "judged by an independent model",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
+    "certify": "the share of test images proven robust by interval bounds, beside PGD's",
 }
 
 

@@ -151,3 +151,62 @@ def universal_passes(model, images, eps, passes=10, batch=100, step=None, target
             if p >= 3 and history[-1][1] - history[-2][1] < tol:
                 break
     return v, history
+
+
+def paste_at(x, patch, row, col):
+    """x (N, 1, H, W) with the patch (s, s) host pasted, pixel-aligned and unwarped, with its
+    top-left corner at (row, col): like x."""
+    xp = xp_of(x)
+    s = patch.shape[-1]
+    canvas, mask = np.zeros(x.shape[-2:]), np.ones(x.shape[-2:])
+    canvas[row:row + s, col:col + s], mask[row:row + s, col:col + s] = patch, 0.0
+    return x * _like(mask, x) + _like(canvas, x)
+
+
+def train_patch_at(model, images, target, side, row, col, steps=300, batch=64, lr=0.02,
+                   rng=None):
+    """A patch (side, side) host trained for one place: signed steps down the cross-entropy of
+    class `target` of batches of host `images` (N, 1, 28, 28) with the patch pasted at (row,
+    col) (`paste_at`), from uniform noise (host generator rng); the model in eval mode."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    patch = rng.uniform(0, 1, (side, side))
+    like = first_param(model)
+    with eval_mode(model):
+        for _ in range(steps):
+            x = to_device(images[rng.integers(0, len(images), batch)], like)
+            t = to_device(np.full(batch, target), like)
+            dx = to_numpy(loss_and_gradients(model, paste_at(x, patch, row, col), t,
+                                             param_grads=False).dx)
+            grad = dx[:, 0, row:row + side, col:col + side].sum(axis=0)
+            patch = np.clip(patch - lr * np.sign(grad), 0.0, 1.0)
+        model.clear_caches()
+    return patch
+
+
+def per_image_patches(model, image, target, side, places, steps=40, lr=0.1):
+    """For one host image (1, 28, 28): a patch trained for it alone at each of `places`
+    [(row, col)], all places as one batch; returns (success (P,) host bool: the model puts
+    the pasted image in `target`, patches (P, side, side) host). Signed steps of lr from grey."""
+    like = first_param(model)
+    xp = xp_of(like)
+    P = len(places)
+    patches = np.full((P, side, side), 0.5)
+    x = to_device(np.broadcast_to(image, (P, *image.shape)).copy(), like)
+    t = to_device(np.full(P, target), like)
+    masks, where = np.ones((P, 1, 28, 28)), np.zeros((P, 1, 28, 28), dtype=bool)
+    for k, (r, c) in enumerate(places):
+        masks[k, 0, r:r + side, c:c + side], where[k, 0, r:r + side, c:c + side] = 0.0, True
+    keep = _like(masks, x)
+
+    def pasted(patches):
+        canvas = np.zeros((P, 1, 28, 28))
+        canvas[where] = patches.reshape(-1)
+        return x * keep + _like(canvas, x)
+
+    with eval_mode(model):
+        for _ in range(steps):
+            dx = to_numpy(loss_and_gradients(model, pasted(patches), t, param_grads=False).dx)
+            patches = np.clip(patches - lr * np.sign(dx[where].reshape(P, side, side)), 0.0, 1.0)
+        success = to_numpy(xp.argmax(model.forward(pasted(patches)), axis=1) == t)
+        model.clear_caches()
+    return np.asarray(success, dtype=bool), patches
