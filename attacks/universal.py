@@ -156,7 +156,6 @@ def universal_passes(model, images, eps, passes=10, batch=100, step=None, target
 def paste_at(x, patch, row, col):
     """x (N, 1, H, W) with the patch (s, s) host pasted, pixel-aligned and unwarped, with its
     top-left corner at (row, col): like x."""
-    xp = xp_of(x)
     s = patch.shape[-1]
     canvas, mask = np.zeros(x.shape[-2:]), np.ones(x.shape[-2:])
     canvas[row:row + s, col:col + s], mask[row:row + s, col:col + s] = patch, 0.0
