@@ -127,6 +127,17 @@ def measure(clients, workers, ledger, batch, seconds, images, folder):
     return errors == 0 and counted == sent
 
 
+def charge_cost(where, n=5000):
+    """Microseconds per ledger charge, on its own (no HTTP): what the ledger adds to a
+    request."""
+    from web.ledger import key_id, open_ledger
+    ledger, kid = open_ledger(where), key_id(f"charge-cost-{time.time_ns()}")
+    start = time.perf_counter()
+    for _ in range(n):
+        ledger.charge(kid, 1, 10 ** 9)
+    return 1e6 * (time.perf_counter() - start) / n
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -140,7 +151,7 @@ def main():
     print(f"{args.batch} image(s) a request, {args.seconds:g} s a row, {os.cpu_count()} cores\n")
     print("| clients | workers | ledger | requests/s | images/s | p50 ms | p99 ms | 503s | "
           "errors | server count |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
-    ok, redis = True, None
+    ok, redis, costs = True, None, []
     with tempfile.TemporaryDirectory() as folder:
         try:
             for ledger in args.ledgers:
@@ -148,20 +159,22 @@ def main():
                     if shutil.which("redis-server") is None:
                         print("(no redis-server: the Redis rows are skipped)")
                         continue
-                    where, redis = start_redis(folder)
+                    url, redis = start_redis(folder)
+
+                def where(name):  # a fresh SQLite file per row; one Redis, keys apart
+                    return {"memory": "memory", "redis": url if ledger == "redis" else None,
+                            "sqlite": str(Path(folder) / f"{name}.sqlite3")}[ledger]
+                costs.append(f"{ledger} {charge_cost(where('cost')):.0f}")
                 for workers in args.workers:
                     if ledger == "memory" and workers > 1:
                         continue  # serve.py refuses it: each worker would count apart
                     for clients in args.clients:
-                        if ledger == "sqlite":
-                            where = str(Path(folder) / f"usage-{workers}-{clients}.sqlite3")
-                        elif ledger == "memory":
-                            where = "memory"
-                        ok &= measure(clients, workers, where, args.batch, args.seconds,
-                                      images, folder)
+                        ok &= measure(clients, workers, where(f"usage-{workers}-{clients}"),
+                                      args.batch, args.seconds, images, folder)
         finally:
             if redis is not None:
                 redis.terminate()
+    print(f"\none charge alone, microseconds: {', '.join(costs)}")
     return 0 if ok else 1
 
 
