@@ -85,7 +85,8 @@ def col2im(dcols, x_shape, KH, KW, stride, padding):
 def conv2d_forward(x, w, b, stride=1, padding=0):
     """Cross-correlation out[n, f] = sum_c x[n, c] * w[f, c] + b[f], as one matrix product.
 
-    x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, OH, OW).
+    x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, OH, OW). The same numbers as the
+    loops of nn/naive.py: conv2d_forward, which read first.
     """
     xp = xp_of(x, w, b)
     N, C, H, W = x.shape
@@ -103,6 +104,7 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     With W2 = w as (F, C*KH*KW) and D = dout as (F, OH*OW*N): dw = D @ cols^T, db = the sum of
     D over its columns, and dx = col2im(W2^T @ D). dx is None when not input_grad; dw and db
     are None when not param_grads (an attack needs only dx, and skips a matrix product).
+    The loops: nn/naive.py, conv2d_backward.
     """
     xp = xp_of(dout)
     x_shape, cols, w, stride, padding = cache
@@ -124,7 +126,8 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
     x (N, C, H, W), w (C, F, KH, KW) (PyTorch's ConvTranspose2d layout), b (F,) ->
     out (N, F, OH, OW), OH = (H - 1) stride - 2 padding + KH: the conv2d whose output x would be
     carries each input value back onto its window. With W2 = w as (C, F*KH*KW) and X = x as
-    (C, H*W*N): out = col2im(W2^T @ X) + b, exactly conv2d_backward's dx.
+    (C, H*W*N): out = col2im(W2^T @ X) + b, exactly conv2d_backward's dx. The loops:
+    nn/naive.py, conv_transpose2d_forward (and _backward).
     """
     xp = xp_of(x, w, b)
     N, C, H, W = x.shape
@@ -170,7 +173,8 @@ def max_pool2d_forward(x, kernel_size, stride):
     """Maximum over each KxK window: x (N, C, H, W) -> out (N, C, OH, OW).
 
     The maximum is taken over the K*K strided views x[:, :, i::stride, j::stride], one per
-    window offset (i, j); this covers overlapping and non-overlapping windows alike.
+    window offset (i, j); this covers overlapping and non-overlapping windows alike. The loops,
+    window by window: nn/naive.py, max_pool2d_forward (and _backward).
     """
     xp = xp_of(x)
     N, C, H, W = x.shape

@@ -3,8 +3,8 @@
 - exhaustive central differences on tiny fixed cases (every element of the input and of every
   parameter; rel_error < 1e-6);
 - directional checks on Hypothesis-drawn shapes, strides, paddings and seeds;
-- the fast convolution and max pooling against slow loop references (tests/reference.py),
-  max pooling also on inputs with ties;
+- the fast convolution, transposed convolution and max pooling against the readable loops of
+  nn/naive.py, max pooling also on inputs with ties;
 - the layer protocol (one backward per forward), BatchNorm's running statistics, state dicts;
 - an optional PyTorch oracle (skipped when torch is not installed).
 
@@ -24,8 +24,7 @@ from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten
                        MaxPool2d, ReLU, Sigmoid, Tanh)
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD
-from reference import (conv2d_backward_loops, conv2d_forward_loops, max_pool2d_backward_loops,
-                       max_pool2d_forward_loops)
+from nn import naive
 
 EXHAUSTIVE_TOL = 1e-6
 seeds = st.integers(0, 2**32 - 1)
@@ -534,11 +533,29 @@ def test_conv2d_matches_loop_reference(case, seed):
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
                rng.standard_normal(Fo))
     out, cache = F.conv2d_forward(x, w, b, stride, padding)
-    np.testing.assert_allclose(out, conv2d_forward_loops(x, w, b, stride, padding),
+    np.testing.assert_allclose(out, naive.conv2d_forward(x, w, b, stride, padding),
                                rtol=1e-10, atol=1e-12)
     dout = rng.standard_normal(out.shape)
     for fast, slow in zip(F.conv2d_backward(dout, cache),
-                          conv2d_backward_loops(dout, x, w, stride, padding)):
+                          naive.conv2d_backward(dout, x, w, stride, padding)):
+        assert fast.shape == slow.shape
+        np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@given(case=conv_cases(), seed=seeds)
+def test_conv_transpose2d_matches_loop_reference(case, seed):
+    N, C, H, W, Fo, K, stride, padding = case
+    if (H - 1) * stride - 2 * padding + K < 1 or (W - 1) * stride - 2 * padding + K < 1:
+        return  # no output
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((C, Fo, K, K)),
+               rng.standard_normal(Fo))
+    out, cache = F.conv_transpose2d_forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(out, naive.conv_transpose2d_forward(x, w, b, stride, padding),
+                               rtol=1e-10, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for fast, slow in zip(F.conv_transpose2d_backward(dout, cache),
+                          naive.conv_transpose2d_backward(dout, x, w, stride, padding)):
         assert fast.shape == slow.shape
         np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
 
@@ -556,10 +573,10 @@ def test_max_pool2d_matches_loop_reference_with_ties(case, levels, seed):
     rng = np.random.default_rng(seed)
     x = tied_input(rng, (N, C, H, W), levels)
     out, cache = F.max_pool2d_forward(x, K, stride)
-    np.testing.assert_array_equal(out, max_pool2d_forward_loops(x, K, stride))
+    np.testing.assert_array_equal(out, naive.max_pool2d_forward(x, K, stride))
     dout = rng.standard_normal(out.shape)
     dx = F.max_pool2d_backward(dout, cache)
-    np.testing.assert_allclose(dx, max_pool2d_backward_loops(dout, x, K, stride),
+    np.testing.assert_allclose(dx, naive.max_pool2d_backward(dout, x, K, stride),
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.sum(dx), np.sum(dout), rtol=1e-10, atol=1e-10)
 
