@@ -2,9 +2,10 @@
 
     python grid.py run                  # 6 variants x seeds 0 1 2 x 50 epochs, + PGD training
     python grid.py run --seeds 0 --jobs 2 -- --train-limit 6000   # flags after -- go to train.py
-    python grid.py report --readme README.md   # results/grid -> results/README.md, figures,
-                                               # and the last-epoch rows in README.md
-    python grid.py compare    # results/grid against results/grid-fashion-mnist -> results/datasets
+    python grid.py report --readme README.md docs/exercise.md   # results/grid -> results/README.md,
+                                    # and the last-epoch rows in the README and the docs page
+    python grid.py compare --readme docs/fashion-mnist.md   # results/grid against
+                                    # results/grid-fashion-mnist -> results/datasets
 
 `run` trains every (mode, BatchNorm, seed) of the grid as its own train.py process with one BLAS
 thread, --jobs at a time, into <runs>/<mode>[-bn]-seed<seed>; finished runs are skipped and
@@ -78,9 +79,9 @@ def parse_args(argv=None):
                      help="folder for README.md, accuracy.png and robust.png")
     rep.add_argument("--epochs", type=positive_int, nargs="+", default=[1, 5, 10, 25, 50],
                      help="epochs of the table (the last epoch is always added)")
-    rep.add_argument("--readme", type=Path,
+    rep.add_argument("--readme", type=Path, nargs="+", default=[],
                      help="also write the accuracy figure and every variant's last-epoch row "
-                          f"into this file, between its lines {BLOCK[0]} and {BLOCK[1]}")
+                          f"into these files, between their lines {BLOCK[0]} and {BLOCK[1]}")
     c = sub.add_parser("compare", help="grids of several datasets side by side",
                        formatter_class=HelpFormatter)
     c.add_argument("--runs", type=Path, nargs="+",
@@ -109,9 +110,9 @@ def run(args):
         return 0
     if args.command == "report":
         print(f"wrote {write_report(args.runs, args.out, args.epochs)}")
-        if args.readme:
-            update_readme(args.readme, args.runs, args.out)
-            print(f"wrote the last-epoch rows into {args.readme}")
+        for readme in args.readme:
+            update_readme(readme, args.runs, args.out)
+            print(f"wrote the last-epoch rows into {readme}")
         return 0
     bn = {"both": [False, True], "no": [False], "yes": [True]}[args.bn]
     eps = args.eps if args.eps is not None else 0.3 if args.dataset == "mnist" else 0.1

@@ -1,5 +1,6 @@
 """Certified accuracy by interval bounds: the share of test images *proven* robust at each eps,
-beside clean and PGD accuracy on the same images: certify.csv, verdicts.csv and certify.png.
+beside clean and PGD accuracy on the same images: certify.csv, table.md, verdicts.csv and
+certify.png.
 
 An image is certified when the interval bounds (nn/interval.py) prove that no perturbation of
 L-infinity norm <= eps inside [0, 1] changes the model's correct answer. Every attack can only
@@ -49,6 +50,15 @@ def certify_model(model, images, labels, eps, steps, rng):
             "pgd_acc": r["pgd_robust_acc"], "certified_acc": float(proven.mean())}, proven
 
 
+def table(rows):
+    """The rows as a Markdown table (docs/certified.md includes it)."""
+    lines = ["| model | eps | images | clean | PGD (upper bound) | certified (lower bound) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['eps']:g} | {r['n']} | {100 * r['clean_acc']:.1f}% | "
+              f"{100 * r['pgd_acc']:.1f}% | {100 * r['certified_acc']:.1f}% |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def run(args):
     xp = namespace_for(args.device)
     out = out_dir(args.out)
@@ -67,6 +77,7 @@ def run(args):
                   f"{args.pgd_steps} {100 * row['pgd_acc']:.1f}%  certified "
                   f"{100 * row['certified_acc']:.1f}% of {len(images)} images", flush=True)
         write_csv(out / "certify.csv", rows)
+    (out / "table.md").write_text(table(rows))
     write_csv(out / "verdicts.csv", [{"index": i, "label": int(labels[i]),
                                       **{k: int(v[i]) for k, v in verdicts.items()}}
                                      for i in range(len(images))])

@@ -175,12 +175,14 @@ def block_lines(text, markers):
         "\n").splitlines()
 
 
-def test_the_readme_shows_the_committed_grid_results():
+@pytest.mark.parametrize("page", ["README.md", "docs/exercise.md"])
+def test_the_readme_and_the_docs_show_the_committed_grid_results(page):
     root = Path(__file__).resolve().parent.parent
-    text = (root / "README.md").read_text()
-    expected = readme_block(root / "results" / "grid", root / "results", root)
+    text = (root / page).read_text()
+    expected = readme_block(root / "results" / "grid", root / "results", (root / page).parent)
     assert block_lines(text, BLOCK) == expected, \
-        "README.md is behind results/grid: run python grid.py report --readme README.md"
+        f"{page} is behind results/grid: run python grid.py report --readme README.md " \
+        "docs/exercise.md"
 
 
 def test_plan_puts_the_first_seed_and_the_reference_first(tmp_path):
@@ -564,6 +566,7 @@ def test_the_readme_shows_the_committed_comparison_of_the_datasets(tmp_path, mon
     assert made == (root / "results" / "datasets" / "README.md").read_text(), \
         "results/datasets is behind the runs: run python grid.py compare"
     rows = [line for line in made.splitlines() if line.startswith("|")]
-    text = (root / "README.md").read_text()
+    text = (root / "docs" / "fashion-mnist.md").read_text()
     assert len(rows) > 10 and block_lines(text, COMPARE_BLOCK) == rows, \
-        "README.md is behind results/datasets: run python grid.py compare --readme README.md"
+        "docs/fashion-mnist.md is behind results/datasets: run python grid.py compare " \
+        "--readme docs/fashion-mnist.md"

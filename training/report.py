@@ -260,12 +260,23 @@ def seed_list(variants):
     return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
 
+def link(target, base):
+    """The path of file `target` as a link from a page in folder `base`: through base's own
+    entries where they lead there (docs/results is a link to ../results, and a docs page may
+    link only inside docs/), else relative."""
+    rel = Path(os.path.relpath(target, base))
+    inside = Path(*[p for p in rel.parts if p != ".."])
+    if rel.parts[0] == ".." and (Path(base) / inside).resolve() == Path(target).resolve():
+        return inside.as_posix()
+    return rel.as_posix()
+
+
 def readme_block(runs, out, base):
     """The lines between the BLOCK markers of a README in folder `base`: the accuracy figure of
     the report in `out` and every variant's row at its last epoch, from the runs in `runs`."""
     variants, _ = load_runs(runs)
-    figure_path, report = (Path(os.path.relpath(Path(out) / name, base)).as_posix()
-                           for name in ("accuracy.png", "README.md"))
+    figure_path, report = (link(Path(out) / name, base) for name in ("accuracy.png",
+                                                                       "README.md"))
     return [f"![accuracy of every variant over the epochs, mean over seeds]({figure_path})", "",
             f"Every variant at its last epoch ({seed_list(variants)}: mean ± standard deviation "
             f"where several reached it, and each seed's value where they lie 10 points or more "
