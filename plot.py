@@ -18,6 +18,8 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="run folders written by train.py")
     parser.add_argument("-o", "--out", default="comparison.png", help="output PNG file")
     args = parser.parse_args(argv)
+    import matplotlib
+    matplotlib.use("Agg")  # a file, never a window
     try:
         plot_runs(args.runs, args.out)
     except RunError as exc:

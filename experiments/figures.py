@@ -1,10 +1,7 @@
 """Figures the experiments share: image triplets (original, perturbation x10, adversarial) and
 labelled image grids. Every function takes host arrays and writes one PNG."""
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 MAGNIFY = 10  # perturbations are shown ten times larger, as in the lecture
 

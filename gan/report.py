@@ -1,16 +1,13 @@
 """What a GAN run shows of itself: samples, their scores, sample grids and training curves."""
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from attacks.evaluation import batch_slices
+from nn import first_param
+from nn.backend import to_device, to_numpy
 
-from attacks.evaluation import batch_slices  # noqa: E402
-from nn import first_param  # noqa: E402
-from nn.backend import to_device, to_numpy  # noqa: E402
-
-from .fid import class_fractions, coverage, features_and_classes, frechet_distance  # noqa: E402
+from .fid import class_fractions, coverage, features_and_classes, frechet_distance
 
 GRID = 10          # the sample grid is GRID x GRID images
 GEN_BATCH = 500    # images per generator forward when sampling for the score

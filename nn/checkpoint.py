@@ -5,7 +5,7 @@ leaves the previous checkpoint intact.
 """
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 
 META = "__meta__"
-UMASK = os.umask(0o022)  # read once (the call sets it), then restored
-os.umask(UMASK)
 
 
 class CheckpointError(Exception):
@@ -27,8 +25,9 @@ def atomic_file(path, mode="w", **kwargs):
     one), yield it, and rename it to `path` once the block ends without an exception: readers
     see the old file or the new one, never half of one. On an exception the temporary goes."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~UMASK)  # as open() would create it, not mkstemp's 0600
+    tmp = path.parent / f"{path.name}.{secrets.token_hex(8)}.tmp"
+    # O_EXCL: a new file, never another writer's; mode 0o666 less the umask, as open() gives
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(fd, mode, **kwargs) as f:
             yield f

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from ci_report import pytest_sessionfinish  # noqa: F401  (the hook: under CI, no skips but gpu)
 from nn.backend import reuse_host_memory
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files, as the commands' run_cli sets
 reuse_host_memory()  # as train.py does: large temporaries stop page-faulting, tests run faster
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,

@@ -8,6 +8,7 @@ and 50 (three batches of 32) elsewhere, one or two epochs.
 import csv
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from training import exercise
 from attacks import default_attacks, evaluate, standard_step
 from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
-from nn.checkpoint import UMASK, CheckpointError, load_checkpoint, section
+from nn.checkpoint import CheckpointError, load_checkpoint, section
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--train-limit", "200", "--test-limit", "100"]
@@ -192,7 +193,9 @@ def test_settings_are_replaced_not_rewritten_in_place(cli, base_copy):
     inode = old.stat().st_ino
     assert cli(*SMALL, "--epochs", 1, "--out", base_copy, "--resume")[0] == 0
     assert old.stat().st_ino != inode and json.loads(old.read_text())["resume"] is True
-    assert not list(base_copy.glob("*.tmp")) and old.stat().st_mode & 0o777 == 0o666 & ~UMASK
+    umask = os.umask(0o022)  # read (the call sets it), then restored
+    os.umask(umask)
+    assert not list(base_copy.glob("*.tmp")) and old.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_folder_being_written_is_refused(cli, base_copy):

@@ -69,6 +69,8 @@ def run_cli(prog, run, args, errors=(), interrupted=None):
     on Ctrl-C (default: the run folder keeps its last epoch).
     """
     reuse_host_memory()
+    import matplotlib
+    matplotlib.use("Agg")  # the commands only write figures to files: no window, any thread
     try:
         return run(args)
     except (TrainingError, MNISTError, DeviceError, RunError, *errors) as exc:

@@ -7,13 +7,10 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from .cli import RunError  # noqa: E402
+from .cli import RunError
 
 CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"),
           ("pgd_acc", "PGD", "-."))
