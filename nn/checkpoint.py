@@ -46,16 +46,33 @@ def save_checkpoint(path, arrays, meta):
 
 
 def load_checkpoint(path):
-    """(arrays, meta) from a file written by save_checkpoint; CheckpointError if it is not one."""
+    """(arrays, meta) from a file written by save_checkpoint; CheckpointError, one sentence, if it
+    is not one (never NumPy's advice to load pickles)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
+    not_one = CheckpointError(f"{path} is not a checkpoint: train.py writes one as "
+                              "checkpoint.npz in its --out folder")
+    damaged = CheckpointError(f"{path} is not a readable checkpoint: the file is cut short or "
+                              "damaged")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if start != b"PK\x03\x04":  # not even the start of a zip file, as .npz files are
+        raise not_one
     try:
         with np.load(path, allow_pickle=False) as z:
+            if META not in z.files:
+                raise not_one
             meta = json.loads(str(z[META]))
             arrays = {k: z[k] for k in z.files if k != META}
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from None
+    except ValueError:  # pickled objects (never loaded), or the settings are not JSON
+        raise CheckpointError(f"{path} is not a checkpoint of train.py: it holds Python objects "
+                              "or settings that are not JSON") from None
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError):
+        raise damaged from None
     return arrays, meta
 
 

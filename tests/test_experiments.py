@@ -4,6 +4,8 @@ in-process on a CNN trained for one epoch on 96 images, with a handful of test i
 experiment."""
 import csv
 import json
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +79,7 @@ def test_fooling(cli, checkpoint, tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     (("gallery", "--checkpoint", "missing.npz"), "no checkpoint file at missing.npz"),
-    (("curve", "--compare", "{bad}"), "is not a readable checkpoint"),
+    (("curve", "--compare", "{bad}"), "is not a checkpoint"),
 ])
 def test_bad_checkpoint_is_one_sentence(cli, checkpoint, tmp_path, argv, fragment):
     bad = tmp_path / "bad.npz"
@@ -88,6 +90,43 @@ def test_bad_checkpoint_is_one_sentence(cli, checkpoint, tmp_path, argv, fragmen
     code, out, err = cli(*argv, "--out", tmp_path / "out", "--images", 2)
     assert code == 1
     assert_one_sentence(err.replace(f"attack.py {argv[0]}: error", "train.py: error"), fragment)
+
+
+def _npy(path):
+    np.save(path.with_suffix(".npy"), np.zeros(3))
+    path.with_suffix(".npy").rename(path)
+
+
+def _zip_of_text(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "hello")
+
+
+def _objects(path):
+    np.savez(path, __meta__=np.array("{}"), model=np.array([{"a": 1}], dtype=object))
+
+
+def _cut(path, checkpoint):
+    path.write_bytes(Path(checkpoint).read_bytes()[:3000])
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p, c: p.write_text("not a checkpoint"), "is not a checkpoint: train.py writes"),
+    (lambda p, c: p.write_bytes(bytes(range(256)) * 8), "is not a checkpoint: train.py writes"),
+    (lambda p, c: _npy(p), "is not a checkpoint: train.py writes"),
+    (lambda p, c: _zip_of_text(p), "is not a checkpoint: train.py writes"),
+    (lambda p, c: _objects(p), "holds Python objects"),
+    (lambda p, c: _cut(p, c), "is not a readable checkpoint: the file is cut short"),
+], ids=["text", "bytes", "npy", "zip", "pickled", "cut"])
+def test_a_file_that_is_not_a_checkpoint_is_one_sentence(cli, checkpoint, tmp_path, make,
+                                                         fragment):
+    """--checkpoint on anything but train.py's checkpoint.npz: one sentence that names the file
+    and says what a checkpoint is, never NumPy's advice to load pickles, never a traceback."""
+    bad = tmp_path / "bad.npz"
+    make(bad, checkpoint)
+    code, out, err = cli("curve", "--checkpoint", bad, "--out", tmp_path / "out", "--images", 2)
+    assert code == 1 and err.startswith(f"attack.py curve: error: {bad} ") and fragment in err
+    assert err.count("\n") == 1 and "pickle" not in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("argv", [("curve", "--eps", "2"), ("targeted", "--eps", "0"),
