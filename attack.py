@@ -43,12 +43,17 @@ EXPERIMENTS = {
 }
 
 
+def summary(doc):
+    """A module docstring's first paragraph, as one line (its first line may end mid-sentence)."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="experiment")
     for name, help_text in EXPERIMENTS.items():
         module = importlib.import_module(f"experiments.{name}")
-        p = sub.add_parser(name, help=help_text, description=module.__doc__.split("\n")[0],
+        p = sub.add_parser(name, help=help_text, description=summary(module.__doc__),
                            formatter_class=HelpFormatter)
         add_common_arguments(p, name, **getattr(module, "DEFAULTS", {}))
         module.add_arguments(p)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import attack
 import conftest
 import train
 from training import exercise
@@ -217,6 +218,18 @@ def test_every_help_gives_defaults_but_never_none(cli, argv):
     code, out, err = cli(*argv, "--help")
     assert code == 0 and f"(default: runs/attack-{argv[0]})" in out
     assert "None" not in out
+
+
+@pytest.mark.parametrize("name", list(attack.EXPERIMENTS))
+def test_every_help_opens_with_whole_sentences(cli, name):
+    """The description under the usage is the experiment's first paragraph, whole: `attack.py
+    robust --help` used to stop at "per image, the worst case over"."""
+    code, out, err = cli(name, "--help")
+    description = " ".join(out.split("\n\n")[1].split())
+    assert code == 0 and description[-1] in ".?)", description
+    if name == "robust":
+        assert description.endswith("over APGD-CE, APGD-T, FAB-T and Square, attack for attack "
+                                     "and with AutoAttack's settings."), description
 
 
 def test_train_help_gives_defaults_but_never_none(cli):
