@@ -18,12 +18,12 @@ import time
 
 import numpy as np
 
-from attacks import hopskipjump, predict, smallest_targeted
+from attacks import QueryBudgetExceeded, hopskipjump, predict, smallest_targeted
 from attacks.hopskipjump_attack import budget_curve
 from training.cli import positive_int
 
-from .common import (add_api_arguments, label_oracle, model_for, on_model, out_dir,
-                     progress, run_name, test_set, write_csv, write_json)
+from .common import (ExperimentError, add_api_arguments, label_oracle, model_for, on_model,
+                     out_dir, progress, run_name, test_set, write_csv, write_json)
 from .figures import plt
 from .targeted import pairs
 
@@ -90,6 +90,14 @@ def figure(path, summary, budgets, label):
     plt.close(fig)
 
 
+def attack_one(oracle, x, t, norm, args, label, i):
+    """The decision.csv rows of HopSkipJump on image i (x (1, 28, 28), label t) in `norm`."""
+    _, trace = hopskipjump(oracle, x, t, norm, max(args.budgets),
+                           np.random.default_rng([args.seed, i]))
+    return [{"model": label, "image": i, "norm": norm, "budget": b, "l2": c[0], "linf": c[1]}
+            for b, c in zip(args.budgets, budget_curve(trace, args.budgets))]
+
+
 def run(args):
     model, path = model_for(args)
     out = out_dir(args.out)
@@ -106,24 +114,27 @@ def run(args):
         print(f"  continuing: {len(rows) // len(args.budgets)} runs of {before['queries']} "
               f"queries are in {out / 'decision.csv'} already", flush=True)
     t0 = time.perf_counter()
-    with progress(len(x) * len(args.norms), "HopSkipJump", unit="run") as bar:
-        for i in range(len(x)):
-            for norm in args.norms:
-                if any(r["image"] == i and r["norm"] == norm for r in rows):
+
+    def keep():  # an interruption keeps what was measured; the same command continues from it
+        write_csv(out / "decision.csv", rows)
+        write_json(out / "progress.json", {"queries": before["queries"] + counted(),
+                                           "seconds": before["seconds"]
+                                           + time.perf_counter() - t0})
+    try:
+        with progress(len(x) * len(args.norms), "HopSkipJump", unit="run") as bar:
+            for i in range(len(x)):
+                for norm in args.norms:
+                    if not any(r["image"] == i and r["norm"] == norm for r in rows):
+                        rows += attack_one(oracle, x[i], int(t[i]), norm, args, label, i)
                     bar.update()
-                    continue
-                _, trace = hopskipjump(oracle, x[i], int(t[i]), norm, max(args.budgets),
-                                       np.random.default_rng([args.seed, i]))
-                rows += [{"model": label, "image": i, "norm": norm, "budget": b, "l2": c[0],
-                          "linf": c[1]}
-                         for b, c in zip(args.budgets, budget_curve(trace, args.budgets))]
-                bar.update()
-            # after each image: an interruption keeps what was measured, and the same command
-            # continues from there
-            write_csv(out / "decision.csv", rows)
-            write_json(out / "progress.json", {"queries": before["queries"] + counted(),
-                                               "seconds": before["seconds"]
-                                               + time.perf_counter() - t0})
+                keep()
+    except QueryBudgetExceeded as exc:  # the server's budget for the key is spent
+        keep()
+        runs = len(rows) // len(args.budgets)
+        raise ExperimentError(f"{exc}; {out / 'decision.csv'} keeps the {runs} "
+                              f"run{'s' * (runs != 1)} finished (image and norm), and the same "
+                              "command with a key that has queries left goes on from there") \
+            from None
     seconds, queries = before["seconds"] + time.perf_counter() - t0, before["queries"] + counted()
     curves = {n: [[r["l2" if n == "l2" else "linf"] for r in rows
                    if r["image"] == i and r["norm"] == n] for i in range(len(x))]

@@ -92,6 +92,27 @@ def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):  # noqa: F811
         ApiOracle("http://127.0.0.1:9", K).usage()
 
 
+def test_decision_says_in_one_sentence_when_the_budget_runs_out(tiny, cli, tmp_path):  # noqa: F811
+    """A metered server refuses the key past its budget: attack.py decision ends in one sentence
+    that says what was kept, and a key with queries left goes on from there."""
+    model, _, _ = models.load("tiny")
+    server = Server(make_app({"tiny": Served(model, {})}, keys=Keys.of([K, SPARE]), budget=400,
+                             page=False))
+    argv = ("decision", "--model", "tiny", "--api", server.url, "--images", 6, "--budgets", 50,
+            150, "--out", tmp_path)
+    try:
+        code, out, err = cli(*argv, "--api-key", K)
+        runs = len((tmp_path / "decision.csv").read_text().splitlines()) // 2
+        assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("attack.py decision: error: the API refused: the key's budget of "
+                              "400 queries is spent")
+        assert f"keeps the {runs} run" in err and "a key that has queries left" in err
+        code, out, err = cli(*argv, "--api-key", SPARE)
+        assert f"continuing: {runs} runs" in out
+    finally:
+        server.stop()
+
+
 def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):  # noqa: F811
     """Interrupted after its first image (the attack raises KeyboardInterrupt on the second),
     the same command continues from the CSV written after each image: the finished run has
