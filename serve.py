@@ -77,39 +77,6 @@ def read_keys(keys_file):
     return os.environ.get("API_KEYS", "").split()
 
 
-def served_models(names, images=1000):
-    """{name: Served} of the shipped models, each with its accuracy on the first `images` test
-    images (clean and under FGS at its eps, measured now; PGD-20 and the worst case of attack.py
-    robust from the manifest), and the page's seed digits."""
-    from attacks import default_attacks, evaluate
-    from data.mnist import load_mnist
-    from web.api import Served
-
-    x, t = load_mnist("test", limit=images)
-    served, seeds = {}, []
-    for name in names:
-        model, settings, entry = models.load(name)
-        r = evaluate(model, x, t, {"fgs": default_attacks(settings["alpha"], 0.6)["fgs"]})
-        served[name] = Served(model, {
-            "what": entry["what"], "eps": settings["alpha"], "images": images,
-            "clean": r["clean_acc"], "fgs": r["fgs_robust_acc"], "pgd20": entry["pgd20"],
-            "robust": entry["robust"], "attack_images": entry["attack_images"]})
-        seeds = seeds or seed_digits(model, x, t)
-    return served, seeds
-
-
-def seed_digits(model, x, t, n=8):
-    """The page's ready digits: the first n test images (x (N, 1, 28, 28), t (N,)) that `model`
-    classifies correctly, then the first one it gets wrong."""
-    import numpy as np
-
-    from attacks import predict
-    right = predict(model, x) == t
-    picks = [*np.flatnonzero(right)[:n], *np.flatnonzero(~right)[:1]]
-    return [{"index": int(i), "label": int(t[i]), "image": x[i, 0].round(4).tolist()}
-            for i in picks]
-
-
 def fail(message):
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 1
@@ -144,6 +111,7 @@ def main(argv=None):
     except OSError as exc:
         return fail(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc} "
                     "(another server there? choose one with --port)")
+    from web.shipped import served_models
     try:
         served, seeds = served_models(args.models)
     except (models.ModelError, MNISTError) as exc:

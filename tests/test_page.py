@@ -18,13 +18,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium")
 
 import models  # noqa: E402
-import serve  # noqa: E402
 import train  # noqa: E402
 from data.mnist import load_mnist  # noqa: E402
 from experiments.common import load_model  # noqa: E402
 from test_serve import Server  # noqa: E402
 from test_train import call  # noqa: E402
 from web.api import Served, make_app  # noqa: E402
+from web.shipped import seed_digits, served_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def url(tmp_path_factory):
     on 2,000 images."""
     shipped = [name for name in models.MODELS if name in models.manifest()]
     if shipped:
-        served, seeds = serve.served_models(shipped)
+        served, seeds = served_models(shipped)
     else:
         run = tmp_path_factory.mktemp("page") / "run"
         assert call(train.main, ["--train-limit", 2000, "--test-limit", 100, "--epochs", 1,
@@ -42,7 +42,7 @@ def url(tmp_path_factory):
         x, t = load_mnist("test", limit=100)
         info = {"what": "1 epoch on 2,000 images", "eps": 0.3, "clean": 0.9, "fgs": 0.1,
                 "pgd20": 0.0, "robust": 0.0}
-        served, seeds = {"standard": Served(model, info)}, serve.seed_digits(model, x, t)
+        served, seeds = {"standard": Served(model, info)}, seed_digits(model, x, t)
     server = Server(make_app(served, seeds=seeds))
     yield server.url
     server.stop()

@@ -38,6 +38,7 @@ from data.mnist import load_mnist  # noqa: E402
 from nn import reference_cnn  # noqa: E402
 from web.api import Keys, Limits, Served, make_app  # noqa: E402
 from web.ledger import SQLiteLedger  # noqa: E402
+from web.shipped import seed_digits  # noqa: E402
 from web.server import bind, uvicorn_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -442,6 +443,26 @@ def test_the_page_is_rate_limited_per_address(model):
     finally:
         s.stop()
     assert got == [200, 200, 200, 429, 429]
+
+
+def test_the_seeds_carry_their_true_label_and_what_the_first_model_reads(model):
+    """The page shows each ready digit's true label and judges the verdicts against it: the
+    seeds' "label" is the test set's, "read" the first model's answer (right for all but the
+    last, which it gets wrong)."""
+    x, t = load_mnist("test", limit=200)
+    seeds = seed_digits(model, x, t, n=3)
+    s = Server(make_app({"standard": Served(model, INFO)}, seeds=seeds))
+    try:
+        status, r = call(s.url, "/api/v1/seeds", key=None)
+    finally:
+        s.stop()
+    assert status == 200 and r["seeds"] == seeds and len(seeds) == 4
+    read = predict(model, x)
+    for seed in r["seeds"]:
+        i = seed["index"]
+        assert (seed["label"], seed["read"]) == (t[i], read[i])
+        assert np.abs(np.array(seed["image"]) - x[i, 0]).max() < 1e-4
+    assert [seed["read"] == seed["label"] for seed in seeds] == [True] * 3 + [False]
 
 
 def test_nothing_an_unauthenticated_caller_reads_holds_a_key(server):
