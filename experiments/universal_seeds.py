@@ -8,7 +8,7 @@ largest entry (--update scaled; the first pass's step --step times eps, falling 
 signed steps of eps / 20, the old fit's, reached 11% where these reach 19% at eps 0.2), until a
 pass raises the rate on the next --check-images training images by less than half a point (the
 passes it needed are reported); the old fit (`universal_perturbation`, the seed's own batches,
---old-steps) runs beside it for comparison. Targeted: the same schedule down the cross-entropy of each class
+--old-steps on the first --old-train-images) runs beside it for comparison. Targeted: the same schedule down the cross-entropy of each class
 of --targets, for --target-models at --target-eps. Reported on the first --images test images,
 never seen while fitting: the fooling rate (prediction changed), the error against the labels,
 and for a target the share of the images of other classes that the model puts in it. Writes
@@ -53,6 +53,8 @@ def add_arguments(p):
                    default=["standard"], help="the shipped models of the targeted fits")
     p.add_argument("--target-eps", type=float_in(0, 1, low_open=True), nargs="*",
                    default=[0.2], help="eps of the targeted fits")
+    p.add_argument("--old-train-images", type=positive_int, default=10000,
+                   help="training images (the first N) of the old fit, as attack.py universal")
     p.add_argument("--old-steps", type=int_at_least(0), default=500,
                    help="steps of the old fit (attack.py universal's) beside the new one; 0: "
                         "no old fit")
@@ -67,8 +69,11 @@ def spread(values):
 def run(args):
     xp = namespace_for(args.device)
     out = out_dir(args.out)
-    fit_x, _ = load_mnist("train", args.data_dir, args.train_images + args.check_images)
-    fit_x, check_x = fit_x[:args.train_images], fit_x[args.train_images:]
+    train_x, _ = load_mnist("train", args.data_dir, max(args.train_images + args.check_images,
+                                                      args.old_train_images))
+    fit_x = train_x[:args.train_images]
+    check_x = train_x[args.train_images:args.train_images + args.check_images]
+    old_x = train_x[:args.old_train_images]
     x, t = test_set(args)
     rows = []
     targeted_labels = {run_name(models.path_of(m)) for m in args.target_models}
@@ -86,7 +91,7 @@ def run(args):
                                           rng=np.random.default_rng([seed, int(1000 * eps)]))
             fits = [("passes", v, len(history), history[-1][1])]
             if target is None and args.old_steps:
-                old = universal_perturbation(model, fit_x, eps, args.old_steps,
+                old = universal_perturbation(model, old_x, eps, args.old_steps,
                                              rng=np.random.default_rng([seed, int(1000 * eps)]))
                 fits.append(("old", old, None, None))
             for method, v, passes, check_rate in fits:

@@ -26,7 +26,8 @@ def test_universal_passes_stays_in_the_ball_and_stops(checkpoint):
 def test_the_universal_seeds_experiment(cli, checkpoint, tmp_path):
     code, _, err = cli("universal_seeds", "--checkpoint", checkpoint, "--out", tmp_path,
                        "--images", 20, "--eps", 0.2, 0.3, "--seeds", 0, 1, "--passes", 2,
-                       "--train-images", 100, "--check-images", 50, "--old-steps", 3)
+                       "--train-images", 100, "--check-images", 50, "--old-steps", 3,
+                       "--old-train-images", 100)
     assert code == 0, err
     report = json.loads((tmp_path / "universal_seeds.json").read_text())
     with open(tmp_path / "universal_seeds.csv", newline="") as f:
