@@ -123,8 +123,7 @@ def main(argv=None):
     hosts = sorted({host, "127.0.0.1", "localhost", "[::1]", *args.allow_host})
     settings = Settings(models=list(served), info={n: s.info for n, s in served.items()},
                         key_ids=keys.ids, budget=args.budget, ledger=args.ledger,
-                        limits=vars(limits), page=args.budget is None, hosts=hosts,
-                        seeds=seeds)
+                        limits=vars(limits), page=args.budget is None, hosts=hosts)
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
     what = (f"the page at {url}" if settings.page else
             f"a black box: {args.budget} images per key, the page off")
@@ -132,7 +131,7 @@ def main(argv=None):
           f"{args.ledger}; {args.workers} worker{'s' * (args.workers > 1)}); Ctrl-C stops",
           flush=True)
     run(sock, settings, workers=args.workers, max_connections=args.max_connections,
-        deadline=args.deadline, served=served)
+        deadline=args.deadline, served=served, seeds=seeds)
     return 0
 
 

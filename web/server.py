@@ -2,23 +2,25 @@
 uvicorn's worker processes that share the socket and the usage ledger.
 
 Workers are started by uvicorn (spawned, not forked): each builds its own app through
-`worker_app`, from the Settings that the parent wrote to a JSON file named in SERVE_SETTINGS.
-Settings carry the keys' SHA-256 ids, never the keys.
+`worker_app`, from the Settings that the parent put, as JSON, in the environment variable
+SERVE_SETTINGS (nothing left on disk however the server ends). Settings carry the keys' SHA-256
+ids, never the keys: 35 bytes a key, so a few thousand keys fit an environment variable.
 """
 import json
 import os
 import resource
 import socket
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 import models
+from data.mnist import load_mnist
 from web.api import LOCAL_HOSTS, Keys, Limits, Served, make_app
 from web.guard import GuardedH11
 from web.ledger import open_ledger
+from web.shipped import seed_digits
 
 
 @dataclass(frozen=True)
@@ -32,24 +34,25 @@ class Settings:
     limits: dict = field(default_factory=lambda: asdict(Limits()))
     page: bool = True
     hosts: list = field(default_factory=lambda: list(LOCAL_HOSTS))
-    seeds: list = field(default_factory=list)
 
 
-def build_app(settings, served=None):
-    """The app of `settings`, over `served` ({name: Served}) or the shipped models loaded
-    now."""
+def build_app(settings, served=None, seeds=None):
+    """The app of `settings`, over `served` ({name: Served}) and the page's `seeds`, or the
+    shipped models loaded now and their seeds picked again."""
     if served is None:
         served = {name: Served(models.load(name)[0], settings.info[name])
                   for name in settings.models}
+        if settings.page:
+            x, t = load_mnist("test", limit=1000)
+            seeds = seed_digits(next(iter(served.values())).model, x, t)
     return make_app(served, keys=Keys(settings.key_ids), budget=settings.budget,
                     ledger=open_ledger(settings.ledger), limits=Limits(**settings.limits),
-                    seeds=settings.seeds, page=settings.page, hosts=settings.hosts)
+                    seeds=seeds, page=settings.page, hosts=settings.hosts)
 
 
 def worker_app():
     """uvicorn's app factory in a worker process (web.server:worker_app)."""
-    with open(os.environ["SERVE_SETTINGS"]) as f:
-        return build_app(Settings(**json.load(f)))
+    return build_app(Settings(**json.loads(os.environ["SERVE_SETTINGS"])))
 
 
 def bind(host, port):
@@ -91,18 +94,14 @@ def uvicorn_config(app, workers=1, max_connections=1000, deadline=10.0):
     return config
 
 
-def run(sock, settings, workers=1, max_connections=1000, deadline=10.0, served=None):
-    """Serve on `sock` until Ctrl-C: one process (the app built over `served`), or `workers`
-    uvicorn worker processes (each loads the models)."""
-    app = build_app(settings, served) if workers == 1 else "web.server:worker_app"
+def run(sock, settings, workers=1, max_connections=1000, deadline=10.0, served=None,
+        seeds=None):
+    """Serve on `sock` until Ctrl-C: one process (the app built over `served` and `seeds`), or
+    `workers` uvicorn worker processes (each loads the models)."""
+    app = build_app(settings, served, seeds) if workers == 1 else "web.server:worker_app"
     config = uvicorn_config(app, workers, max_connections, deadline)
     if workers == 1:
         uvicorn.Server(config).run(sockets=[sock])
         return
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="serve-", delete=False) as f:
-        json.dump(asdict(settings), f)
-    os.environ["SERVE_SETTINGS"] = f.name
-    try:
-        Multiprocess(config, sockets=[sock]).run()
-    finally:
-        os.unlink(f.name)
+    os.environ["SERVE_SETTINGS"] = json.dumps(asdict(settings))
+    Multiprocess(config, sockets=[sock]).run()
