@@ -38,6 +38,8 @@ EXPERIMENTS = {
                        "untargeted and toward each class",
     "inside": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
               "judged by an independent model",
+    "claims": "the README's claims against their evidence in results/: pix2pix's ranking with "
+              "significance, looking-inside numbers, single-pixel filters, the VAE over seeds",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
     "certify": "the share of test images proven robust by interval bounds, beside PGD's",
 }
