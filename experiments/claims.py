@@ -58,6 +58,18 @@ def welch(a, b):
     return float(t), float(df), t_pvalue(t, df)
 
 
+def better(a, b, metric, paired):
+    """"a" or "b": the variant better (higher accuracy, lower Frechet distance) than the other
+    at every seed of both (paired=False) or at each seed against the same seed (paired=True);
+    None where neither is."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if metric == "frechet":
+        a, b = -a, -b
+    if paired:
+        return "a" if np.all(a > b) else "b" if np.all(b > a) else None
+    return "a" if a.min() > b.max() else "b" if b.min() > a.max() else None
+
+
 def pix2pix(folder):
     runs = {}
     for path in sorted(folder.glob("*-seed*/metrics.csv")):
@@ -85,9 +97,10 @@ def pix2pix(folder):
                 out["comparisons"].append({
                     "a": a, "b": b, "metric": metric, "epoch": e + 1,
                     "mean_a": float(np.mean(va[metric][e])), "mean_b": float(np.mean(vb[metric][e])),
-                    "a_leads_every_seed_pair": bool(
-                        (min(va[metric][e]) > max(vb[metric][e])) if metric == "accuracy"
-                        else (max(va[metric][e]) < min(vb[metric][e]))),
+                    "better_everywhere": better(va[metric][e], vb[metric][e], metric,
+                                                paired=False),
+                    "better_seed_by_seed": better(va[metric][e], vb[metric][e], metric,
+                                                  paired=True),
                     "t": t, "df": df, "p": p})
     return out
 
