@@ -13,9 +13,9 @@ boundary; alpha_k falls from 1 to 0.01 on a cosine schedule. Every adversarial i
 than the best so far is remembered. Where the gradient is zero (||g|| < 1e-12: a saturated or
 thresholded input, gradient masking), the step goes along a random unit direction instead
 (Rony et al.'s reference code does the same), and eps_k keeps growing until the iterate reaches
-a place where the model has a gradient; `restarts` further runs start from a random image that the
-model misclassifies (uniform noise), off the data point where a masked gradient misleads, and shrink onto the boundary from the far
-side. A final bisection on the segment from x to the best point removes DDN's last few percent
+a place where the model has a gradient; `restarts` further runs start from a random image that
+the model misclassifies (uniform noise), off the data point where a masked gradient misleads,
+and shrink onto the boundary from the far side. A final bisection on the segment from x to the best point removes DDN's last few percent
 of radius oscillation.
 """
 import numpy as np
@@ -66,7 +66,8 @@ def ddn_run(model, x, t, steps=100, gamma=0.05, init_norm=1.0, step_max=1.0, ste
     x (N, C, H, W) in [0, 1], t (N,) labels; `steps` iterations of one forward and one backward
     pass, plus one forward pass for the last iterate; from `start` (like x; default x). The
     radius eps_k starts at init_norm (from x) or at ||start - x|| (from a start), and never
-    exceeds the largest L2 distance inside the box, ||max(x, 1 - x)||_2. rng: host generator of the directions taken where the gradient is zero.
+    exceeds the largest L2 distance inside the box, ||max(x, 1 - x)||_2. rng: host generator of
+    the directions taken where the gradient is zero.
     loss_fn(logits, t) -> (loss, dlogits): the loss J climbed (nn.losses; cross-entropy as in the
     paper, or dlr_loss, whose gradient does not vanish where the softmax saturates).
     """
@@ -97,7 +98,8 @@ def ddn_run(model, x, t, steps=100, gamma=0.05, init_norm=1.0, step_max=1.0, ste
             best, dist = where_rows(closer, x + delta, best), xp.where(closer, size, dist)
             if last:
                 break
-            alpha = float(step_min + (step_max - step_min) * (1 + np.cos(np.pi * (k + 1) / steps)) / 2)
+            cosine = (1 + np.cos(np.pi * (k + 1) / steps)) / 2
+            alpha = float(step_min + (step_max - step_min) * cosine)
             g = l2_norms(dx)
             flat = _rows(g < 1e-12, x)
             direction = xp.where(flat, _random_unit(rng, x), dx / _rows(xp.maximum(g, 1e-12), x))

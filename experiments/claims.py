@@ -96,7 +96,8 @@ def pix2pix(folder):
                 t, df, p = welch(va[metric][e], vb[metric][e])
                 out["comparisons"].append({
                     "a": a, "b": b, "metric": metric, "epoch": e + 1,
-                    "mean_a": float(np.mean(va[metric][e])), "mean_b": float(np.mean(vb[metric][e])),
+                    "mean_a": float(np.mean(va[metric][e])),
+                    "mean_b": float(np.mean(vb[metric][e])),
                     "better_everywhere": better(va[metric][e], vb[metric][e], metric,
                                                 paired=False),
                     "better_seed_by_seed": better(va[metric][e], vb[metric][e], metric,
