@@ -15,8 +15,8 @@ thresholded input, gradient masking), the step goes along a random unit directio
 (Rony et al.'s reference code does the same), and eps_k keeps growing until the iterate reaches
 a place where the model has a gradient; `restarts` further runs start from a random image that
 the model misclassifies (uniform noise), off the data point where a masked gradient misleads,
-and shrink onto the boundary from the far side. A final bisection on the segment from x to the best point removes DDN's last few percent
-of radius oscillation.
+and shrink onto the boundary from the far side. A final bisection on the segment from x to the
+best point removes DDN's last few percent of radius oscillation.
 """
 import numpy as np
 
