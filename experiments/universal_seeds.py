@@ -10,8 +10,9 @@ pass raises the rate on the next --check-images training images by less than hal
 passes it needed are reported); the old fit (`universal_perturbation`, the seed's own batches,
 --old-steps on the first --old-train-images) runs beside it for comparison. Targeted: the same
 schedule down the cross-entropy of each class of --targets, for --target-models at --target-eps.
-Reported on the first --images test images, never seen while fitting: the fooling rate (prediction changed), the error against the labels,
-and for a target the share of the images of other classes that the model puts in it. Writes
+Reported on the first --images test images, never seen while fitting: the fooling rate
+(prediction changed), the error against the labels, and for a target the share of the images of
+other classes that the model puts in it. Writes
 universal_seeds.csv (one row per fit), universal_seeds.json (mean, standard deviation, smallest
 and largest over the seeds) and universal_seeds.png.
 """
