@@ -14,8 +14,6 @@ pytest.importorskip("starlette")
 import models  # noqa: E402
 from attacks import LabelOracle, hopskipjump, predict, square  # noqa: E402
 from data.mnist import load_mnist  # noqa: E402
-from test_experiments import cli  # noqa: E402,F401  (the fixture)
-from test_models import tiny  # noqa: E402,F401  (the fixture)
 from test_serve import Server  # noqa: E402
 from web.api import Keys, Served, make_app  # noqa: E402
 from web.client import ApiError, ApiOracle  # noqa: E402
@@ -25,7 +23,7 @@ K, SPARE = "attacker-key-000000", "spare-key-000000000"
 
 
 @pytest.fixture(scope="module")
-def api(tiny):  # noqa: F811
+def api(tiny):
     model, _, _ = models.load("tiny")
     server = Server(make_app({"tiny": Served(model, {})}, keys=Keys.of([K, SPARE])))
     yield server.url, model
@@ -55,7 +53,7 @@ def test_square_runs_over_http_on_scores(api):
     assert np.abs(adv - x).max() <= 0.3 + 1e-6
 
 
-def test_attack_py_decision_over_the_api(api, cli, tmp_path):  # noqa: F811
+def test_attack_py_decision_over_the_api(api, cli, tmp_path):
     url, _ = api
     code, out, err = cli("decision", "--model", "tiny", "--api", url, "--api-key", K,
                          "--images", 6, "--budgets", 50, 150, "--out", tmp_path)
@@ -72,7 +70,7 @@ def test_attack_py_decision_over_the_api(api, cli, tmp_path):  # noqa: F811
     assert (tmp_path / "decision.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_attack_py_blackbox_over_the_api(api, cli, tmp_path):  # noqa: F811
+def test_attack_py_blackbox_over_the_api(api, cli, tmp_path):
     url, _ = api
     before = ApiOracle(url, SPARE).usage()
     code, out, err = cli("blackbox", "--model", "tiny", "--api", url, "--api-key", SPARE,
@@ -84,7 +82,7 @@ def test_attack_py_blackbox_over_the_api(api, cli, tmp_path):  # noqa: F811
     assert ApiOracle(url, SPARE).usage() - before == 40
 
 
-def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):  # noqa: F811
+def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):
     code, out, err = cli("decision", "--model", "tiny", "--api", "http://127.0.0.1:9",
                          "--api-key", K, "--images", 2, "--out", tmp_path)
     assert code == 1 and "cannot reach http://127.0.0.1:9" in err and err.count("\n") == 1
@@ -92,7 +90,7 @@ def test_an_unreachable_api_is_one_sentence(cli, tiny, tmp_path):  # noqa: F811
         ApiOracle("http://127.0.0.1:9", K).usage()
 
 
-def test_decision_says_in_one_sentence_when_the_budget_runs_out(tiny, cli, tmp_path):  # noqa: F811
+def test_decision_says_in_one_sentence_when_the_budget_runs_out(tiny, cli, tmp_path):
     """A metered server refuses the key past its budget: attack.py decision ends in one sentence
     that says what was kept, and a key with queries left goes on from there."""
     model, _, _ = models.load("tiny")
@@ -113,7 +111,7 @@ def test_decision_says_in_one_sentence_when_the_budget_runs_out(tiny, cli, tmp_p
         server.stop()
 
 
-def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):  # noqa: F811
+def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):
     """Interrupted after its first image (the attack raises KeyboardInterrupt on the second),
     the same command continues from the CSV written after each image: the finished run has
     every image, and the first one's rows were not measured again."""

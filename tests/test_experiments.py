@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 
 import attack
-import conftest
 import train
 from training import exercise
 from data.mnist import load_mnist
 from test_train import PNG, SMALL, assert_one_sentence, read_rows
 
-cli = conftest.cli  # the fixture, for tests/test_api_attacks.py, which imports it from here
 
 
 def test_gallery(cli, checkpoint, tmp_path):

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 
-import conftest
 import models
 from attacks import predict
 from data.mnist import load_mnist
@@ -18,7 +17,6 @@ from experiments.common import load_model
 from models import build
 from test_train import SMALL, assert_one_sentence
 
-tiny = conftest.tiny  # the fixture, for tests/test_api_attacks.py, which imports it from here
 
 
 SHIPPED = {"FOLDER": models.FOLDER, "MANIFEST": models.MANIFEST, "MODELS": models.MODELS}
