@@ -77,11 +77,9 @@ def test_measure_records_what_the_page_is_answered(monkeypatch):
         int(served.attack(image, "targeted_pgd", 0.3, (seeds[0]["label"] + 1) % 10)[2].argmax())]
 
 
-def test_the_readme_quotes_the_lessons_numbers(flips):
-    """Every eps span and count in the lessons' numbers appears in the README's page section."""
-    readme = (L.ROOT / "README.md").read_text()
-    section = readme[readme.index("### The page\n"):]
-    section = section[:section.index("\n### ")]
+def test_the_docs_quote_the_lessons_numbers(flips):
+    """Every eps span and count in the lessons' numbers appears on the page's docs page."""
+    section = (L.ROOT / "docs" / "page.md").read_text()
     quoted = set()
     for lesson in L.lessons(flips):
         quoted |= set(re.findall(r"\d\.\d\d-\d\.\d\d|\b\d+ of \d+\b", lesson["numbers"]))
