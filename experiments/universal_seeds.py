@@ -39,6 +39,9 @@ def add_arguments(p):
     p.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1, 2])
     p.add_argument("--passes", type=positive_int, default=10,
                    help="the most passes over the training images")
+    p.add_argument("--tol", type=float, default=0.005,
+                   help="stop after a pass (from the third) that raises the rate on the check "
+                        "images by less than this (negative: run all --passes)")
     p.add_argument("--step", type=float_in(0, 10, low_open=True), default=2.0,
                    help="the first pass's step, as a multiple of eps")
     p.add_argument("--update", choices=["sign", "scaled"], default="scaled",
@@ -88,7 +91,8 @@ def run(args):
                      for seed in args.seeds]
         for eps, seed, target in jobs:
             v, history = universal_passes(model, fit_x, eps, args.passes, step=args.step * eps,
-                                          target=target, check=check_x, update=args.update,
+                                          target=target, check=check_x, tol=args.tol,
+                                          update=args.update,
                                           rng=np.random.default_rng([seed, int(1000 * eps)]))
             fits = [("passes", v, len(history), history[-1][1])]
             if target is None and args.old_steps:
@@ -100,6 +104,8 @@ def run(args):
                 other = t != (target if target is not None else -1)
                 rows.append({"model": label, "eps": eps, "seed": seed, "method": method,
                              "target": target, "passes": passes, "check_rate": check_rate,
+                             "check_history": ([r for _, r in history] if method == "passes"
+                                               else None),
                              "fooling": float(np.mean(after != clean)),
                              "error": float(np.mean(after != t)),
                              "target_success": (float(np.mean(after[other] == target))
