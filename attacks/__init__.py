@@ -6,7 +6,7 @@ Every module keeps a name of its own (no function below is called like its modul
 from .autoencoder import autoencoder_attack
 from .autopgd import apgd, apgd_targeted
 from .blackbox import LabelOracle, QueryBudgetExceeded, ScoreOracle, jacobian_augmentation
-from .ddn import ddn
+from .ddn_attack import ddn
 from .evaluation import certify, default_attacks, evaluate, pgd_attack, predict
 from .fab_attack import fab_targeted
 from .gradient import (eval_mode, fgs, fgs_step, fgv, fgv_step, input_gradient,

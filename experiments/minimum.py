@@ -1,7 +1,7 @@
 """The white-box L2 minimum, unmasked: DDN from the image and from random misclassified images.
 
 For each model (--models, shipped; or --checkpoint), the correctly classified images among the
-first --images test images (as `attack.py decision`), DDN (attacks/ddn.py, --steps per run,
+first --images test images (as `attack.py decision`), DDN (attacks/ddn_attack.py, --steps per run,
 --loss) runs once from the image itself and --restarts times from a random misclassified image
 (uniform noise), off the data point where a masked gradient misleads; per image the smallest
 adversarial point over the runs is bisected toward the image on the segment between them. The
@@ -19,7 +19,7 @@ import numpy as np
 
 import models
 from attacks import predict
-from attacks.ddn import bisect_segment, ddn_run, l2_norms, margin_loss, noise_start
+from attacks.ddn_attack import bisect_segment, ddn_run, l2_norms, margin_loss, noise_start
 from nn.backend import namespace_for
 from nn.losses import softmax_cross_entropy
 from training.cli import int_at_least, positive_int
