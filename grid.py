@@ -23,9 +23,17 @@ import sys
 from pathlib import Path
 
 from data.mnist import DATASETS
-from training.cli import (HelpFormatter, RunError, TrainingError, float_in, int_at_least,
-                          positive_int, run_cli)
-from training.compare import BLOCK as COMPARE_BLOCK, write_comparison
+from training.cli import (
+    HelpFormatter,
+    RunError,
+    TrainingError,
+    float_in,
+    int_at_least,
+    positive_int,
+    run_cli,
+)
+from training.compare import BLOCK as COMPARE_BLOCK
+from training.compare import write_comparison
 from training.grid import execute, plan, refuse_to_lose_epochs
 from training.report import BLOCK, update_readme, write_report
 

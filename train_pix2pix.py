@@ -23,17 +23,31 @@ import numpy as np
 import models
 from attacks.evaluation import batch_slices
 from data.mnist import load_mnist
+from experiments.figures import plt
 from gan.fid import features_and_classes, frechet_distance
 from gan.pix2pix import VARIANTS, UNet, inpainting_input, patch_discriminator, train_step
-from experiments.figures import plt
 from nn import Adam, Dropout, first_param
 from nn.backend import namespace_for, to_device, to_numpy
 from nn.checkpoint import section
-from training.cli import (HelpFormatter, RunError, TrainingError, float_in, int_at_least,
-                          positive_int, run_cli)
+from training.cli import (
+    HelpFormatter,
+    RunError,
+    TrainingError,
+    float_in,
+    int_at_least,
+    positive_int,
+    run_cli,
+)
 from training.loop import progress_bar, run_epochs
-from training.run_folder import (locked, make_folder, refuse_to_overwrite, resume, save_state,
-                                 write_metrics, write_settings)
+from training.run_folder import (
+    locked,
+    make_folder,
+    refuse_to_overwrite,
+    resume,
+    save_state,
+    write_metrics,
+    write_settings,
+)
 
 PROG = "train_pix2pix.py"
 RUN_SETTINGS = ("variant", "lam", "batch_size", "lr", "seed", "train_limit", "eval_images")

@@ -24,8 +24,16 @@ from nn.backend import device_of, to_numpy, xp_of
 from nn.losses import dlr_loss, softmax_cross_entropy
 
 from .gradient import eval_mode, loss_and_gradients
-from .iterative import (keep_first_hit, per_image, project, put_rows, ranked_targets,
-                        take_rows, uniform_start, where_rows)
+from .iterative import (
+    keep_first_hit,
+    per_image,
+    project,
+    put_rows,
+    ranked_targets,
+    take_rows,
+    uniform_start,
+    where_rows,
+)
 
 RHO = 0.75       # a step keeps its size while the loss rose in at least this share of steps
 MOMENTUM = 0.75  # weight of the new signed step; 1 - MOMENTUM goes to the previous move

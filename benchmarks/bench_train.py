@@ -73,8 +73,15 @@ if str(ROOT) not in sys.path:
 from attacks.evaluation import EVAL_BATCH  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks.machine import gflops, matmul_gflops, rss_in_subprocess, rss_probe  # noqa: E402
-from benchmarks.ours import (BATCH, MEASUREMENTS, Ours, make_data, profile_layers,  # noqa: E402
-                             time_block, tracemalloc_peaks)
+from benchmarks.ours import (  # noqa: E402
+    BATCH,
+    MEASUREMENTS,
+    Ours,
+    make_data,
+    profile_layers,
+    time_block,
+    tracemalloc_peaks,
+)
 from benchmarks.report import EVAL_KEYS, log, to_unit  # noqa: E402
 from benchmarks.torch_reference import Torch, check_same_network, torch_or_none  # noqa: E402
 from nn.backend import reuse_host_memory  # noqa: E402

@@ -11,9 +11,8 @@ import numpy as np
 from attacks.evaluation import EVAL_BATCH, evaluate
 from attacks.gradient import loss_and_gradients
 from attacks.training import adversarial_step, standard_step
-from nn import SGD, reference_cnn
+from nn import SGD, losses, reference_cnn
 from nn import functional as F
-from nn import losses
 from nn.layers import Conv2d
 
 BATCH = 64

@@ -25,8 +25,18 @@ from nn import Adam, reference_cnn
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
-from .common import (ExperimentError, add_api_arguments, label_oracle, model_for, on_model,
-                     out_dir, progress, test_set, write_csv, write_json)
+from .common import (
+    ExperimentError,
+    add_api_arguments,
+    label_oracle,
+    model_for,
+    on_model,
+    out_dir,
+    progress,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 from .transfer import craft
 

@@ -18,8 +18,7 @@ from attacks import certify, evaluate, pgd_attack
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
-from .common import (ExperimentError, load_model, model_paths, out_dir, run_name, test_set,
-                     write_csv)
+from .common import ExperimentError, load_model, model_paths, out_dir, run_name, test_set, write_csv
 from .figures import plt
 
 DEFAULTS = {"images": 1000}

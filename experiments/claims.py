@@ -178,3 +178,53 @@ def run(args):
                   f"{c['b']} {100 * c['mean_b']:.1f}%: t {c['t']:.2f}, p {c['p']:.3f}")
     print(f"wrote {out}/claims.json")
     return 0
+
+
+def markdown(report):
+    """The markdown tables of results/claims/README.md from claims.json: pix2pix's tests at the
+    last epoch and per epoch, the looking-inside numbers, the filters, the VAE over seeds."""
+    cs = report["pix2pix"]["comparisons"]
+    last = max(c["epoch"] for c in cs)
+    lines = [f"| comparison (epoch {last}) | accuracy: means | t | p | Frechet: means | t | p | "
+             "better at every seed (accuracy / Frechet) |", "|---|---|---:|---:|---|---:|---:|---|"]
+    for a in cs:
+        if a["metric"] != "accuracy" or a["epoch"] != last:
+            continue
+        f = next(c for c in cs if c["metric"] == "frechet" and c["epoch"] == last
+                 and c["a"] == a["a"] and c["b"] == a["b"])
+        names = {"a": a["a"], "b": a["b"], None: "neither"}
+        lines.append(f"| {a['a']} vs {a['b']} | {100 * a['mean_a']:.1f}% vs "
+                     f"{100 * a['mean_b']:.1f}% | {a['t']:.2f} | {a['p']:.3f} | "
+                     f"{f['mean_a']:.0f} vs {f['mean_b']:.0f} | {f['t']:.2f} | {f['p']:.3f} | "
+                     f"{names[a['better_everywhere']]} / {names[f['better_everywhere']]} |")
+    pair = [c for c in cs if c["metric"] == "accuracy" and c["a"] == "l1" and c["b"] == "l1+cgan"]
+    lines += ["", "| l1+cgan vs l1, accuracy | " + " | ".join(f"epoch {c['epoch']}" for c in pair)
+              + " |", "|---|" + "---:|" * len(pair),
+              "| p (Welch, 3 seeds each) | " + " | ".join(f"{c['p']:.3f}" for c in pair) + " |",
+              "| l1+cgan above l1 at every seed | " + " | ".join(
+                  "yes" if c["better_everywhere"] == "b" else "no" for c in pair) + " |"]
+    lines += ["", "| model | random 10% deleted | random 20% | salient 10% | salient 20% | "
+              "salient deletion keeps >= 90% up to |", "|---|---:|---:|---:|---:|---:|"]
+    for m, r in report["inside"].items():
+        lines.append(f"| {m} | {100 * r['random_10']:.0f}% | {100 * r['random_20']:.0f}% | "
+                     f"{100 * r['salient_10']:.0f}% | {100 * r['salient_20']:.0f}% | "
+                     f"{100 * r['salient_holds_90_until']:.0f}% |")
+    lines.append("")
+    for m, f in report["filters"]["models"].items():
+        lines.append(f"- {m}: {f['single_pixel']} of {f['filters']} first-layer filters have >= "
+                     f"{100 * report['filters']['share']:.0f}% of their squared norm in one "
+                     "weight")
+    if report["vae"]:
+        attacks = report["vae"]["attacks"]
+        budgets = sorted({float(b) for a in attacks.values() for b in a})
+        lines += ["", "| attack (read as the target; mean over 3 seeds, min-max) | "
+                  + " | ".join(f"L2 {b:g}" for b in budgets) + " |",
+                  "|---|" + "---:|" * len(budgets)]
+        for k, a in attacks.items():
+            cells = []
+            for b in budgets:
+                v = a[str(b)]["to_target"]
+                cells.append(f"{100 * sum(v) / len(v):.0f}% ({100 * min(v):.0f}-"
+                             f"{100 * max(v):.0f})")
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines

@@ -20,9 +20,10 @@ from nn.checkpoint import CheckpointError, atomic_file, load_checkpoint, section
 from nn.export import load_exported
 from training import exercise
 from training.cli import TrainingError, int_at_least, positive_int
-from training.loop import progress_bar as progress
+from training.loop import progress_bar as progress  # noqa: F401  (the experiments' own)
 from training.plots import run_label
-from training.run_folder import write_csv
+from training.run_folder import write_csv  # noqa: F401  (the experiments' own)
+
 
 class ExperimentError(Exception):
     """The experiment cannot run (one sentence for the user)."""

@@ -22,8 +22,19 @@ from attacks import QueryBudgetExceeded, hopskipjump, predict, smallest_targeted
 from attacks.hopskipjump_attack import budget_curve
 from training.cli import positive_int
 
-from .common import (ExperimentError, add_api_arguments, label_oracle, model_for, on_model,
-                     out_dir, progress, run_name, test_set, write_csv, write_json)
+from .common import (
+    ExperimentError,
+    add_api_arguments,
+    label_oracle,
+    model_for,
+    on_model,
+    out_dir,
+    progress,
+    run_name,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 from .targeted import pairs
 

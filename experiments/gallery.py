@@ -10,8 +10,7 @@ import numpy as np
 from attacks import fgs, fgv, pgd, targeted_pgd
 from training.cli import float_in, positive_int
 
-from .common import (host, model_for, on_model, out_dir, predictions, run_name, test_set,
-                     write_json)
+from .common import host, model_for, on_model, out_dir, predictions, run_name, test_set, write_json
 from .figures import triplets
 
 DEFAULTS = {"images": 8}

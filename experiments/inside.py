@@ -28,8 +28,17 @@ from nn.backend import namespace_for, to_device
 from nn.losses import one_hot
 from training.cli import positive_int
 
-from .common import (host, load_model, model_paths, on_model, out_dir, run_name, test_set,
-                     train_model, write_json)
+from .common import (
+    host,
+    load_model,
+    model_paths,
+    on_model,
+    out_dir,
+    run_name,
+    test_set,
+    train_model,
+    write_json,
+)
 from .figures import plt
 from .transfer import train_flags
 

@@ -19,8 +19,16 @@ from data.mnist import load_mnist
 from nn.backend import namespace_for
 from training.cli import int_at_least, positive_int
 
-from .common import (load_model, model_paths, out_dir, progress, run_name, test_set, write_csv,
-                     write_json)
+from .common import (
+    load_model,
+    model_paths,
+    out_dir,
+    progress,
+    run_name,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 
 DEFAULTS = {"images": 1000}

@@ -146,3 +146,21 @@ def figure(path, maps):
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="target predicted (%)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(report):
+    """The markdown table of results/patch_location/README.md from patch_location.json."""
+    places = len(range(0, 28 - report["side"] + 1, report["stride"])) ** 2
+    lines = ["| model | target | patch | at the centre | best place | mean over all places | "
+             "corners |", "|---|---:|---|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        if r["patch"] == "per image":
+            lines.append(f"| {r['model']} | {r['target']} | per image, best of {places} places "
+                         f"({r['images']} images) | {100 * r['centre']:.0f}% | "
+                         f"**{100 * r['best_place']:.0f}%** | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['target']} | {r['patch']}-trained | "
+                         f"{100 * r['centre']:.1f}% | {100 * r['best_place']:.1f}% | "
+                         f"{100 * r['mean_over_places']:.1f}% | {100 * r['corners_min']:.1f}-"
+                         f"{100 * r['corners_max']:.1f}% |")
+    return lines

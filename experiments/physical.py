@@ -25,8 +25,18 @@ from nn.backend import namespace_for
 from nn.transforms import FAMILIES, print_and_photograph
 from training.cli import float_in, positive_int
 
-from .common import (host, load_model, model_paths, on_model, out_dir, progress, run_name,
-                     test_set, write_csv, write_json)
+from .common import (
+    host,
+    load_model,
+    model_paths,
+    on_model,
+    out_dir,
+    progress,
+    run_name,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 
 DEFAULTS = {"images": 500}

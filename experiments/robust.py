@@ -19,18 +19,39 @@ eps is the checkpoint's training --alpha (0.3 for the exercise's models) unless 
 """
 import math
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from attacks import (ScoreOracle, apgd, apgd_targeted, eval_mode, fab_targeted, fgs, pgd,
-                     predict, square)
+from attacks import (
+    ScoreOracle,
+    apgd,
+    apgd_targeted,
+    eval_mode,
+    fab_targeted,
+    fgs,
+    pgd,
+    predict,
+    square,
+)
 from attacks.evaluation import EVAL_BATCH, batch_slices
 from nn.backend import namespace_for, xp_of
 from training.cli import float_in, int_at_least, positive_int
 
-from .common import (ExperimentError, host, load_model, model_for, on_model, out_dir, progress,
-                     run_name, test_set, write_csv, write_json)
+from .common import (
+    ExperimentError,
+    host,
+    load_model,
+    model_for,
+    on_model,
+    out_dir,
+    progress,
+    run_name,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 
 DEFAULTS = {"images": 1000}
@@ -77,6 +98,28 @@ def add_arguments(p):
                         "over --square-queries (torchattacks)")
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The evaluation's settings; the defaults are AutoAttack's standard version. attack.py
+    robust fills them from its flags (Settings.of), models.build takes them as they are."""
+    attacks: tuple = STANDARD
+    pgd_steps: int = 20
+    apgd_steps: int = 100
+    apgd_halving: str = "autoattack"
+    restarts: int = 1
+    targets: int = 9
+    fab_steps: int = 100
+    square_queries: int = 5000
+    square_p_init: float = 0.8
+    square_schedule: str = "autoattack"
+
+    @classmethod
+    def of(cls, args):
+        """The settings of attack.py robust's flags."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)} |
+                   {"attacks": tuple(a for a in ATTACKS if a in args.attacks)})
+
+
 def deviations(args):
     """How the run differs from AutoAttack's standard version, one phrase each ([] if not)."""
     found = []
@@ -92,21 +135,21 @@ def standard_error(p, n):
     return math.sqrt(p * (1 - p) / n) if n else None
 
 
-def make_attacks(args, eps, oracle):
+def make_attacks(settings, eps, oracle):
     """name -> attack(model, x, t, rng, ids) -> x_adv on the model's device."""
     return {
         "fgs": lambda m, x, t, rng, ids: fgs(m, x, t, eps),
-        "pgd": lambda m, x, t, rng, ids: pgd(m, x, t, eps, steps=args.pgd_steps,
+        "pgd": lambda m, x, t, rng, ids: pgd(m, x, t, eps, steps=settings.pgd_steps,
                                              random_start=True, rng=rng),
-        "apgd-ce": lambda m, x, t, rng, ids: apgd(m, x, t, eps, args.apgd_steps, "ce", rng=rng,
-                                                  halving=args.apgd_halving),
-        "apgd-t": lambda m, x, t, rng, ids: apgd_targeted(m, x, t, eps, args.apgd_steps,
-                                                          args.targets, rng, args.apgd_halving),
-        "fab-t": lambda m, x, t, rng, ids: fab_targeted(m, x, t, eps, args.fab_steps,
-                                                        args.targets, args.restarts, rng),
-        "square": lambda m, x, t, rng, ids: square(oracle, x, t, eps, args.square_queries,
-                                                   args.square_p_init, rng, ids,
-                                                   rescale=args.square_schedule == "rescaled"),
+        "apgd-ce": lambda m, x, t, rng, ids: apgd(m, x, t, eps, settings.apgd_steps, "ce", rng=rng,
+                                                  halving=settings.apgd_halving),
+        "apgd-t": lambda m, x, t, rng, ids: apgd_targeted(m, x, t, eps, settings.apgd_steps,
+                                                          settings.targets, rng, settings.apgd_halving),
+        "fab-t": lambda m, x, t, rng, ids: fab_targeted(m, x, t, eps, settings.fab_steps,
+                                                        settings.targets, settings.restarts, rng),
+        "square": lambda m, x, t, rng, ids: square(oracle, x, t, eps, settings.square_queries,
+                                                   settings.square_p_init, rng, ids,
+                                                   rescale=settings.square_schedule == "rescaled"),
     }
 
 
@@ -127,19 +170,19 @@ def broken_by_attack(model, attack, images, labels, todo, rng, bar):
     return broken, linf
 
 
-def worst_case(model, label, images, labels, eps, args, rng):
+def worst_case(model, label, images, labels, eps, settings, rng):
     """Run the attacks in turn on the images still robust: (report dict, clean predictions (N,),
     broken_by (N,): "clean" (misclassified already), the first attack that broke it, or "none")."""
     oracle = ScoreOracle(model)
-    attacks = make_attacks(args, eps, oracle)
+    attacks = make_attacks(settings, eps, oracle)
     prediction = predict(model, images)
     correct = prediction == labels
     n, n_correct = len(labels), int(correct.sum())
     robust = correct.copy()
     broken_by = np.where(correct, "none", "clean").astype(object)
     stages = []
-    for name in (a for a in ATTACKS if a in args.attacks):
-        runs = args.restarts if name in RESTARTED else 1
+    for name in (a for a in ATTACKS if a in settings.attacks):
+        runs = settings.restarts if name in RESTARTED else 1
         attacked, linf, t0 = int(robust.sum()), 0.0, time.perf_counter()
         with progress(attacked * runs, f"{label}: {NAMES[name]}") as bar:
             for _ in range(runs):
@@ -220,7 +263,8 @@ def run(args):
         label = run_name(path)
         print(f"{label} ({path}): {', '.join(NAMES[a] for a in ATTACKS if a in args.attacks)} "
               f"at eps {eps:g} on {len(images)} test images", flush=True)
-        report, prediction, broken_by = worst_case(model, label, images, labels, eps, args,
+        report, prediction, broken_by = worst_case(model, label, images, labels, eps,
+                                                   Settings.of(args),
                                                    np.random.default_rng(args.seed))
         reports.append({"checkpoint": str(path), "label": label, "eps": eps, **report})
         print(f"  worst case {100 * report['robust_acc']:.1f}% +- "

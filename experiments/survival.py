@@ -203,3 +203,32 @@ def figure(path, rows, by_margin, eps_list):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+NAMES = {"fgs": "FGS", "pgd-first": "PGD first hit", "pgd-end": "PGD to the end",
+         "ll-first": "least-likely first hit", "ll-end": "least-likely to the end",
+         "bim": "Kurakin BIM", "illc": "Kurakin ILLC", "eot-pgd": "EOT-PGD"}
+
+
+def markdown(report):
+    """The markdown tables of results/survival/README.md from one survival.json: per attack and
+    eps the destruction (fresh / shifted, successful images, median margin), then per margin
+    bin."""
+    eps = report["eps"]
+    lines = ["| attack | iterations | " + " | ".join(f"eps {e}" for e in eps) + " |",
+             "|---|---|" + "---:|" * len(eps)]
+    for name, shown in NAMES.items():
+        mine = {r["eps"]: r for r in report["rows"] if r["attack"] == name}
+        cells = ["- (0)" if mine[e]["successful"] == 0 else
+                 f"{100 * mine[e]['photo']:.0f}% / {100 * mine[e]['shifted']:.0f}% "
+                 f"({mine[e]['successful']}; {mine[e]['median_margin']:.1f})" for e in eps]
+        lines.append(f"| {shown} | {'/'.join(str(mine[e]['iterations']) for e in eps)} | "
+                     + " | ".join(cells) + " |")
+    (bins,) = report["by_margin"].values()
+    lines += ["", "| attack | " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi, *_ in
+                                             bins["all attacks"]) + " |",
+              "|---|" + "---:|" * len(bins["all attacks"])]
+    for name, b in bins.items():
+        lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(
+            "-" if n < 5 else f"{100 * d:.0f}% ({n})" for _, _, n, d in b) + " |")
+    return lines

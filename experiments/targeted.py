@@ -12,8 +12,17 @@ from attacks import smallest_targeted, targeted_pgd
 from attacks.evaluation import EVAL_BATCH, batch_slices
 from training.cli import float_in, positive_int
 
-from .common import (host, model_for, on_model, out_dir, predictions, progress, test_set,
-                     write_csv, write_json)
+from .common import (
+    host,
+    model_for,
+    on_model,
+    out_dir,
+    predictions,
+    progress,
+    test_set,
+    write_csv,
+    write_json,
+)
 from .figures import grid
 
 DEFAULTS = {"images": 100}

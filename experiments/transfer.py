@@ -19,8 +19,17 @@ from nn.checkpoint import load_checkpoint
 from training.cli import float_in, positive_int
 from training.exercise import default_name, parse_args
 
-from .common import (host, load_model, on_model, out_dir, progress, test_set, train_model,
-                     write_csv, write_json)
+from .common import (
+    host,
+    load_model,
+    on_model,
+    out_dir,
+    progress,
+    test_set,
+    train_model,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 
 DEFAULTS = {"images": 1000, "checkpoint_help": "a train.py checkpoint.npz to add to the "

@@ -20,8 +20,16 @@ from data.mnist import load_mnist
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
-from .common import (load_model, model_paths, out_dir, run_name, test_set, train_model,
-                     write_csv, write_json)
+from .common import (
+    load_model,
+    model_paths,
+    out_dir,
+    run_name,
+    test_set,
+    train_model,
+    write_csv,
+    write_json,
+)
 from .figures import plt
 from .transfer import train_flags
 

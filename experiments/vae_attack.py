@@ -14,8 +14,14 @@ vae.png (both figures) and the VAE's checkpoint vae.npz beside the plain autoenc
 """
 import numpy as np
 
-from attacks.autoencoder import (ae_latent_objective, ae_output_objective, penalty_attack,
-                                 reconstruct, vae_latent_objective, vae_output_objective)
+from attacks.autoencoder import (
+    ae_latent_objective,
+    ae_output_objective,
+    penalty_attack,
+    reconstruct,
+    vae_latent_objective,
+    vae_output_objective,
+)
 from data.mnist import load_mnist
 from nn import Adam, Sequential
 from nn.backend import namespace_for

@@ -19,12 +19,11 @@ the non-saturating one of gan/losses.py, averaged over the patches.
 """
 import numpy as np
 
-from nn import (BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, LeakyReLU, ReLU, Sequential,
-                Sigmoid)
+from nn import BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, LeakyReLU, ReLU, Sequential, Sigmoid
 from nn.backend import xp_of
-from nn.model import Parts
 from nn.functional import concat_backward, concat_forward
 from nn.losses import bce_with_logits
+from nn.model import Parts
 from nn.optim import add_grads
 
 from .losses import generator_loss

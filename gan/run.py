@@ -17,8 +17,16 @@ from nn.backend import namespace_for, to_device
 from nn.checkpoint import section
 from training.cli import HelpFormatter, TrainingError, float_in, int_at_least, positive_float
 from training.loop import check_loss, check_weights, progress_bar, run_epochs
-from training.run_folder import (locked, make_folder, refuse_to_overwrite, resume, save_state,
-                                 write_csv, write_metrics, write_settings)
+from training.run_folder import (
+    locked,
+    make_folder,
+    refuse_to_overwrite,
+    resume,
+    save_state,
+    write_csv,
+    write_metrics,
+    write_settings,
+)
 
 from .classifier import DEFAULT_CLASSIFIER, classifier_bn, classifier_for
 from .fid import features_and_classes

@@ -19,17 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-import attack
+import models
 from attacks import evaluate, pgd_attack
 from data.mnist import MNISTError, load_mnist
 from experiments import robust
 from experiments.common import ExperimentError, train_model, write_json
+from nn.backend import namespace_for
 from nn.checkpoint import CheckpointError
 from nn.export import export_checkpoint
-from nn.backend import namespace_for
 from training.cli import HelpFormatter, positive_int
-
-import models
 
 RUNS = Path("results") / "models"
 
@@ -52,8 +50,7 @@ def measure(name, run, images):
                                                    np.random.default_rng(0))})
     print(f"[{name}] PGD-20 on {images} test images: {100 * pgd['pgd_robust_acc']:.1f}% "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    args = attack.parse_args(["robust", "--images", str(images)])
-    report, _, _ = robust.worst_case(model, name, x, t, settings["alpha"], args,
+    report, _, _ = robust.worst_case(model, name, x, t, settings["alpha"], robust.Settings(),
                                      np.random.default_rng(0))
     write_json(run / "robust.json", {"sha256": models.sha256(models.path_of(name)),
                                      "report": report})

@@ -16,8 +16,8 @@ sign(W) * d|W| from (r, dr'); back in bounds, dlo = (dmu - dr) / 2, dhi = (dmu +
 """
 from . import functional as F
 from .backend import xp_of
-from .losses import one_hot
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
+from .losses import one_hot
 
 
 def _affine(forward, backward, weight_keys):

@@ -18,7 +18,6 @@ from test_serve import Server  # noqa: E402
 from web.api import Keys, Served, make_app  # noqa: E402
 from web.client import ApiError, ApiOracle  # noqa: E402
 
-
 K, SPARE = "attacker-key-000000", "spare-key-000000000"
 
 

@@ -17,12 +17,12 @@ import re
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import attack
 import train
 from data.mnist import load_mnist
 from nn.export import export_checkpoint
-from safetensors.numpy import load_file
 from test_export import torch_cnn
 from test_train import call
 

@@ -13,17 +13,18 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import attack
 from attacks.autoencoder import autoencoder_attack, reconstruction_distance
-from helpers import assert_like
 from experiments.autoencoder import train_epoch
+from helpers import assert_like
 from nn import Adam, Sequential, dense_autoencoder, reference_cnn
 from nn.backend import to_numpy
 from nn.checkpoint import save_checkpoint
-from nn.losses import mse_loss
 from nn.gradcheck import as_float64, directional_check, numerical_gradient, rel_error
+from nn.losses import mse_loss
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -249,8 +250,8 @@ def test_bad_input_is_one_sentence(cli, tmp_path, argv, message):
 
 def test_penalty_attacks_pull_toward_the_target_and_the_penalty_holds_them_back():
     from attacks.autoencoder import penalty_attack, vae_latent_objective, vae_output_objective
-    from nn.vae import VAE
     from data.mnist import load_mnist
+    from nn.vae import VAE
     x, _ = load_mnist("test", limit=4)
     vae = VAE(code=4, hidden=32, rng=np.random.default_rng(0))
     target = x[::-1].copy()

@@ -10,11 +10,21 @@ import pytest
 from array_api_compat import array_namespace, device
 
 from helpers import assert_like
-from nn import functional as F
 from nn import losses
 from nn.backend import to_numpy
-from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, LeakyReLU,
-                       MaxPool2d, ReLU, Sigmoid, Tanh)
+from nn.layers import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD, Adam
 
@@ -257,6 +267,7 @@ def test_state_dict_on_no_float64_device():
 
 def test_reuse_host_memory_takes_effect_on_glibc():
     import platform
+
     from nn.backend import reuse_host_memory
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning applies to glibc only")

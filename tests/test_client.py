@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from test_serve import INFO, KEY, Server  # noqa: E402
 from nn import reference_cnn  # noqa: E402
+from test_serve import INFO, KEY, Server  # noqa: E402
 from web.api import Keys, Limits, Served, make_app  # noqa: E402
 from web.client import ApiError, ApiOracle  # noqa: E402
 

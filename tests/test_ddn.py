@@ -16,13 +16,13 @@ import json
 
 import numpy as np
 import pytest
-from helpers import assert_like
-from test_apgd import backend_case, batch, tiny_model
-from test_attacks import assert_state_equal, modes
 
 from attacks import eval_mode, targeted_pgd_l2
 from attacks.ddn_attack import ddn, ddn_run, l2_norms, margin_loss, noise_start
+from helpers import assert_like
 from nn import Dense, Flatten, ReLU, Sequential
+from test_apgd import backend_case, batch, tiny_model
+from test_attacks import assert_state_equal, modes
 
 
 def predict(model, x):

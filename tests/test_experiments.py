@@ -12,10 +12,9 @@ import pytest
 
 import attack
 import train
-from training import exercise
 from data.mnist import load_mnist
 from test_train import PNG, SMALL, assert_one_sentence, read_rows
-
+from training import exercise
 
 
 def test_gallery(cli, checkpoint, tmp_path):

@@ -10,7 +10,8 @@
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from attacks import eval_mode
 from attacks.fab_attack import fab_run, fab_targeted, project_linf

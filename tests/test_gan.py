@@ -18,15 +18,23 @@ import gan.run
 import train_gan
 from attacks import standard_step
 from data.mnist import load_mnist
-from gan import (classifier_features, class_histogram, discriminator, discriminator_step,
-                 frechet_distance, generator, generator_loss, generator_step)
+from gan import (
+    class_histogram,
+    classifier_features,
+    discriminator,
+    discriminator_step,
+    frechet_distance,
+    generator,
+    generator_loss,
+    generator_step,
+)
 from gan.classifier import load_classifier
 from gan.fid import coverage
 from nn import SGD, Adam, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint, save_checkpoint
-from nn.losses import bce_with_logits
 from nn.gradcheck import as_float64, numerical_gradient, rel_error
+from nn.losses import bce_with_logits
 from nn.optim import add_grads
 from tests.helpers import assert_like
 

@@ -15,16 +15,27 @@ crossed one (`WithLoss.assert_no_kink_crossed`).
 """
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from nn import functional as F
-from nn import losses
+from nn import losses, naive
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
-from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, LeakyReLU,
-                       MaxPool2d, ReLU, Sigmoid, Tanh)
+from nn.layers import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD
-from nn import naive
 
 EXHAUSTIVE_TOL = 1e-6
 seeds = st.integers(0, 2**32 - 1)
@@ -637,7 +648,7 @@ def test_backward_needs_its_own_forward(name):
     dout = np.ones_like(make_layer().forward(x))  # shaped like the output, from another instance
     with pytest.raises(RuntimeError):
         layer.backward(dout)
-    out = layer.forward(x)
+    layer.forward(x)
     dx, grads = layer.backward(dout)
     assert dx.shape == x.shape
     assert set(grads) == set(layer.params)

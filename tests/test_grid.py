@@ -441,8 +441,8 @@ def test_the_fashion_grid_names_its_dataset_and_eps(tmp_path):
     args = grid.parse_args(["run", "--dataset", "fashion-mnist", "--seeds", "0", "--modes",
                             "adversarial", "--bn", "no", "--reference-epochs", "0"])
     assert args.runs is None and args.eps is None
-    from training.grid import plan
     from training.exercise import parse_args
+    from training.grid import plan
     (run,) = plan(["adversarial"], [False], [0], 20, ["--dataset", "fashion-mnist", "--alpha",
                                                         "0.1", "--fgv-alpha", "0.2",
                                                         "--noise-alpha", "0.1"], tmp_path)
@@ -559,7 +559,8 @@ def test_the_readme_shows_the_committed_comparison_of_the_datasets(tmp_path, mon
     block is its table."""
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # the robust results name their checkpoints relative to the root
-    from training.compare import BLOCK as COMPARE_BLOCK, write_comparison
+    from training.compare import BLOCK as COMPARE_BLOCK
+    from training.compare import write_comparison
     made = write_comparison([Path("results/grid"), Path("results/grid-fashion-mnist")],
                             [Path("results/robust"), Path("results/robust-fashion-mnist")],
                             tmp_path).read_text()

@@ -20,8 +20,14 @@ import pytest
 
 from attacks import LabelOracle, predict, standard_step
 from attacks.evaluation import batch_slices
-from attacks.hopskipjump_attack import (Probe, budget_curve, estimate_direction, hopskipjump,
-                                        probe_radius, step_search)
+from attacks.hopskipjump_attack import (
+    Probe,
+    budget_curve,
+    estimate_direction,
+    hopskipjump,
+    probe_radius,
+    step_search,
+)
 from nn import SGD, Dense, Flatten, ReLU, Sequential
 
 
@@ -270,6 +276,7 @@ if __name__ == "__main__":  # the reference numbers above, from the authors' cod
     import sys
     sys.path.insert(0, sys.argv[1])
     import hsja
+
     from data.mnist import load_mnist
     test_x = load_mnist("test", limit=100)
     model, images, pred = relu_case((load_mnist("train", limit=2000), test_x))

@@ -11,14 +11,13 @@ import json
 import numpy as np
 import pytest
 
+import train
 from attacks import certify, ibp_step, predict
 from data.mnist import load_mnist
 from nn import SGD, reference_cnn
 from nn.interval import margins
 from nn.losses import softmax_cross_entropy
 from test_train import call
-
-import train
 
 
 @pytest.fixture(scope="module")

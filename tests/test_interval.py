@@ -13,8 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nn import (BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential,
-                reference_cnn)
+from nn import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dense,
+    Flatten,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    reference_cnn,
+)
 from nn.gradcheck import as_float64, numerical_gradient, rel_error
 from nn.interval import bounds, certified, input_box, margins, margins_backward
 

@@ -8,16 +8,26 @@ fooling images.
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from attacks import (eval_mode, evaluate, fgs, fooling_images, pgd, pgd_attack, signed_steps,
-                     smallest_targeted, targeted_fgs, targeted_pgd)
+from attacks import (
+    eval_mode,
+    evaluate,
+    fgs,
+    fooling_images,
+    pgd,
+    pgd_attack,
+    signed_steps,
+    smallest_targeted,
+    targeted_fgs,
+    targeted_pgd,
+)
 from attacks.evaluation import default_attacks
 from helpers import assert_like
 from nn import softmax
 from nn.backend import to_numpy
-from test_attacks import (MODELS, backend_case, images, linear_model, mean_loss, random_batch,
-                          seeds)
+from test_attacks import MODELS, backend_case, images, linear_model, mean_loss, random_batch, seeds
 
 W_LIN = np.array([4.0, -8.0, 2.0, 1.0])
 

@@ -3,8 +3,8 @@ a lesson whose claim the measurements contradict is refused, the verdicts say wh
 and `measure` records what Served.attack answers.
 """
 import copy
-import re
 import json
+import re
 
 import numpy as np
 import pytest

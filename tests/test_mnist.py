@@ -5,8 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from data import MNISTError, load_mnist
-from data import mnist
+from data import MNISTError, load_mnist, mnist
 from data.mnist import EMBEDDED_DIR
 
 TEST_IMAGES, TEST_LABELS = mnist.SPLITS["test"]

@@ -17,8 +17,6 @@ from experiments.common import load_model
 from models import build
 from test_train import SMALL, assert_one_sentence
 
-
-
 SHIPPED = {"FOLDER": models.FOLDER, "MANIFEST": models.MANIFEST, "MODELS": models.MODELS}
 
 

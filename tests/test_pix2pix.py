@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from data.mnist import load_mnist
-from gan.pix2pix import (VARIANTS, UNet, inpainting_input, l1_loss, patch_discriminator,
-                         train_step)
+from gan.pix2pix import VARIANTS, UNet, inpainting_input, l1_loss, patch_discriminator, train_step
 from nn import Adam
 from nn.functional import sigmoid_forward
 from nn.gradcheck import as_float64

@@ -38,8 +38,8 @@ from data.mnist import load_mnist  # noqa: E402
 from nn import reference_cnn  # noqa: E402
 from web.api import Keys, Limits, Served, make_app  # noqa: E402
 from web.ledger import SQLiteLedger  # noqa: E402
-from web.shipped import seed_digits  # noqa: E402
 from web.server import bind, uvicorn_config  # noqa: E402
+from web.shipped import seed_digits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 50

@@ -10,7 +10,8 @@ ScoreOracle.
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from attacks import ScoreOracle, eval_mode, square
 from attacks.square_attack import margins, p_schedule

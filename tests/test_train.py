@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 import plot
-from training.plots import run_label
 import train
-from training import exercise
 from attacks import default_attacks, evaluate, standard_step
 from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
 from nn.checkpoint import CheckpointError, load_checkpoint, section
+from training import exercise
+from training.plots import run_label
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--train-limit", "200", "--test-limit", "100"]

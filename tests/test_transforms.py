@@ -9,12 +9,12 @@
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from helpers import assert_like
 from nn.gradcheck import numerical_gradient, rel_error
-from nn.transforms import (FAMILIES, Blur, Chain, Light, Noise, Quantise, Warp,
-                           print_and_photograph)
+from nn.transforms import FAMILIES, Blur, Chain, Light, Noise, Quantise, Warp, print_and_photograph
 
 SHAPE = (2, 1, 8, 8)
 
@@ -150,8 +150,8 @@ def test_transforms_on_every_backend(xp):
 # --- Expectation over Transformation (attacks.eot_pgd) -----------------------------------------
 
 def eot_case():
-    from nn import reference_cnn
     from data.mnist import load_mnist
+    from nn import reference_cnn
     x, t = load_mnist("test", limit=6)
     return reference_cnn(rng=np.random.default_rng(0)).eval(), x, t
 

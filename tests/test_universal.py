@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 
 from attacks import predict
-from attacks.universal import (paste, patch_canvas, patch_gradient, placements, train_patch,
-                               universal_perturbation)
+from attacks.universal import (
+    paste,
+    patch_canvas,
+    patch_gradient,
+    placements,
+    train_patch,
+    universal_perturbation,
+)
+from experiments.common import load_model
 from helpers import assert_like
 from nn.gradcheck import numerical_gradient
 from nn.transforms import warp_forward
-from experiments.common import load_model
 
 
 def test_the_patch_stays_inside_its_mask_and_the_image_in_the_unit_interval():

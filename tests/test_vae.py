@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from nn.gradcheck import as_float64, numerical_gradient
-from nn.vae import (VAE, kl_gaussians, kl_standard_normal, reparameterize_backward,
-                    reparameterize_forward)
+from nn.vae import (
+    VAE,
+    kl_gaussians,
+    kl_standard_normal,
+    reparameterize_backward,
+    reparameterize_forward,
+)
 
 
 def close(a, b):

@@ -12,19 +12,35 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks import (adversarial_step, certify, default_attacks, evaluate, ibp_step,
-                     noise_step, pgd_attack, pgd_step, standard_step)
+from attacks import (
+    adversarial_step,
+    certify,
+    default_attacks,
+    evaluate,
+    ibp_step,
+    noise_step,
+    pgd_attack,
+    pgd_step,
+    standard_step,
+)
 from data.mnist import DATASETS, load_mnist
 from nn import SGD, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import section
 
-from .cli import (HelpFormatter, TrainingError, float_in, int_at_least, positive_float,
-                  positive_int)
+from .cli import HelpFormatter, TrainingError, float_in, int_at_least, positive_float, positive_int
 from .loop import run_epochs, train_epoch
 from .plots import plot_runs
-from .run_folder import (checkpoint_epochs, locked, make_folder, refuse_to_overwrite, resume, save_state,
-                         write_metrics, write_settings)
+from .run_folder import (
+    checkpoint_epochs,
+    locked,
+    make_folder,
+    refuse_to_overwrite,
+    resume,
+    save_state,
+    write_metrics,
+    write_settings,
+)
 
 DESCRIPTION = ("Train the exercise's CNN on MNIST and evaluate it against FGS and FGV after every "
                "epoch.")

@@ -57,6 +57,7 @@ def _wait_for_lock(out, seconds=5.0):
 def train_run(name, flags, out, stop_event):
     """Run one grid run to its end; returns ("finished" | "failed" | "stopped", exit code)."""
     from distributed import Event, get_worker
+
     from training.run_folder import checkpoint_epochs, has_checkpoint
 
     worker, stop = get_worker(), Event(stop_event)
