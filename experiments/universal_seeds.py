@@ -175,3 +175,34 @@ def figure(path, rows):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(report, label):
+    """The markdown tables of results/universal_seeds/README.md from one universal_seeds.json:
+    per eps the fooling rate over seeds of both fits and the passes needed; per target class
+    the targeted success over seeds."""
+    s = report["summary"]
+
+    def spread_cell(x):
+        return (f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f} ({100 * x['min']:.1f}-"
+                f"{100 * x['max']:.1f})")
+    lines = ["| eps | passes until converged: fooling | passes needed | old fit (500 signed "
+             "steps): fooling |", "|---:|---|---|---|"]
+    for eps in sorted({r["eps"] for r in report["rows"]}):
+        new, old = s.get(f"{label}, eps {eps}, passes"), s.get(f"{label}, eps {eps}, old")
+        if new is None:
+            continue
+        lines.append(f"| {eps} | {spread_cell(new['fooling'])} | "
+                     f"{', '.join(str(int(p)) for p in new['passes']['values'])} | "
+                     f"{spread_cell(old['fooling']) if old else ''} |")
+    keys = [k for k in s if ", target " in k]
+    if keys:
+        lines += ["", "| target | " + " | ".join(k.split("target ")[1] for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys),
+                  "| mean (min-max) | " + " | ".join(
+                      f"{100 * s[k]['target_success']['mean']:.1f} "
+                      f"({100 * s[k]['target_success']['min']:.0f}-"
+                      f"{100 * s[k]['target_success']['max']:.0f})" for k in keys) + " |",
+                  "| passes | " + " | ".join("/".join(str(int(p)) for p in s[k]["passes"]["values"])
+                                            for k in keys) + " |"]
+    return lines
