@@ -52,7 +52,9 @@ def add_arguments(p):
                    help="step of Jacobian-based dataset augmentation")
     p.add_argument("--tau", type=positive_int, default=3,
                    help="augmentation rounds between flips of the step's sign")
-    p.add_argument("--alpha", type=float_in(0, 1), default=0.3, help="FGS step and PGD eps")
+    p.add_argument("--eps", "--alpha", dest="alpha", metavar="EPS", type=float_in(0, 1),
+                   default=0.3,
+                   help="FGS step and PGD eps (--alpha: an alias)")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
     p.add_argument("--substitute-steps", type=positive_int, default=600,
                    help="Adam steps that train each substitute, whatever its number of images")

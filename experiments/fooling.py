@@ -17,7 +17,9 @@ DEFAULTS = {"images": 100}
 
 
 def add_arguments(p):
-    p.add_argument("--alpha", type=float_in(0, 1), default=0.3, help="size of the one step")
+    p.add_argument("--eps", "--alpha", dest="alpha", metavar="EPS", type=float_in(0, 1),
+                   default=0.3,
+                   help="size of the one step (--alpha: an alias)")
     p.add_argument("--show", type=positive_int, default=4,
                    help="noise images (rows) in the figure")
 

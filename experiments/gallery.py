@@ -17,8 +17,10 @@ DEFAULTS = {"images": 8}
 
 
 def add_arguments(p):
-    p.add_argument("--alpha", type=float_in(0, 1), default=0.3,
-                   help="FGS step, and the L-infinity radius of PGD and targeted PGD")
+    p.add_argument("--eps", "--alpha", dest="alpha", metavar="EPS", type=float_in(0, 1),
+                   default=0.3,
+                   help="FGS step, and the L-infinity radius of PGD and targeted PGD (--alpha: "
+                        "an alias)")
     p.add_argument("--fgv-alpha", type=float_in(0, 1), default=0.6, help="FGV step")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
 

@@ -549,3 +549,12 @@ def test_train_on_fashion_mnist_names_the_dataset(cli, tmp_path, monkeypatch):
     assert json.loads((run / "settings.json").read_text())["dataset"] == "fashion-mnist"
     code, out, err = cli(*SMALL, "--epochs", 2, "--alpha", 0.1, "--out", run, "--resume")
     assert code == 1 and "--dataset fashion-mnist (now mnist)" in err
+
+
+def test_eps_names_the_radius_and_alpha_stays_its_alias():
+    """One vocabulary across the commands: --eps; the exercise's --alpha still works."""
+    assert exercise.parse_args(["--eps", "0.1"]).alpha == 0.1
+    assert exercise.parse_args(["--alpha", "0.2"]).alpha == 0.2
+    import attack
+    assert attack.parse_args(["fooling", "--eps", "0.2"]).alpha == 0.2
+    assert attack.parse_args(["gallery", "--alpha", "0.1"]).alpha == 0.1

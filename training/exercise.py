@@ -66,8 +66,10 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=0.01)
     p.add_argument("--momentum", type=float_in(0, 1, high_open=True), default=0.9)
-    p.add_argument("--alpha", type=float_in(0, 1), default=0.3,
-                   help="FGS step for adversarial training and for evaluation; PGD's eps")
+    p.add_argument("--eps", "--alpha", dest="alpha", metavar="EPS", type=float_in(0, 1),
+                   default=0.3,
+                   help="the radius: FGS step for adversarial training and for evaluation, "
+                        "PGD's and IBP's eps (--alpha, the exercise's name, is kept as an alias)")
     p.add_argument("--pgd-train-steps", type=positive_int,
                    help="PGD steps per batch in --mode pgd (default 7)")
     p.add_argument("--pgd-warmup", type=float_in(0, math.inf, high_open=True),
