@@ -28,6 +28,7 @@ from training.cli import float_in, positive_int
 from .common import (
     ExperimentError,
     add_api_arguments,
+    craft,
     label_oracle,
     model_for,
     on_model,
@@ -38,7 +39,6 @@ from .common import (
     write_json,
 )
 from .figures import plt
-from .transfer import craft
 
 DEFAULTS = {"images": 1000}
 

@@ -13,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 
 import models
 from attacks import LabelOracle, eval_mode
+from attacks.evaluation import EVAL_BATCH, batch_slices
 from data.mnist import DATASETS, load_mnist
 from nn import first_param, reference_cnn, softmax
 from nn.backend import namespace_for, to_device, to_numpy
@@ -20,7 +21,7 @@ from nn.checkpoint import CheckpointError, atomic_file, load_checkpoint, section
 from nn.export import load_exported
 from training import exercise
 from training.cli import TrainingError, int_at_least, positive_int
-from training.loop import progress_bar as progress  # noqa: F401  (the experiments' own)
+from training.loop import progress_bar as progress
 from training.plots import run_label
 from training.run_folder import write_csv  # noqa: F401  (the experiments' own)
 
@@ -193,3 +194,32 @@ def host(x):
     """A model-side array as a NumPy array."""
     return np.asarray(to_numpy(x))
 
+
+def train_flags(args, mode, half):
+    """train.py's flags for the network of `mode` on half `half`, its run folder under --runs."""
+    flags = ["--mode", mode, "--train-half", str(half), "--epochs", str(args.epochs),
+             "--seed", str(args.seed + half - 1), "--device", args.device]
+    for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit),
+                        ("--data-dir", args.data_dir)):
+        if value is not None:
+            flags += [flag, str(value)]
+    runs = args.out.parent if args.runs is None else args.runs
+    return flags + ["--out", str(runs / exercise.default_name(exercise.parse_args(flags)))]
+
+
+def craft(model, images, labels, attack, desc):
+    """attack(model, x, t) -> x_adv over host images (N, 1, 28, 28) in batches; host x_adv."""
+    out = np.empty_like(images)
+    with progress(len(images), desc) as bar:
+        for s in batch_slices(len(images), EVAL_BATCH):
+            out[s] = host(attack(model, on_model(model, images[s]), on_model(model, labels[s])))
+            bar.update(s.stop - s.start)
+    return out
+
+
+def pairs(labels, classes=10):
+    """Every (image index, wrong class) pair: (index (M,), target (M,)), M = 9 N for 10 classes."""
+    index = np.repeat(np.arange(len(labels)), classes)
+    target = np.tile(np.arange(classes), len(labels))
+    keep = target != labels[index]
+    return index[keep], target[keep]

@@ -29,6 +29,7 @@ from .common import (
     model_for,
     on_model,
     out_dir,
+    pairs,
     progress,
     run_name,
     test_set,
@@ -36,7 +37,6 @@ from .common import (
     write_json,
 )
 from .figures import plt
-from .targeted import pairs
 
 DEFAULTS = {"images": 100}
 EPS = 0.3  # the exercise's L-infinity size

@@ -36,11 +36,11 @@ from .common import (
     out_dir,
     run_name,
     test_set,
+    train_flags,
     train_model,
     write_json,
 )
 from .figures import plt
-from .transfer import train_flags
 
 DEFAULTS = {"images": 100}
 FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)

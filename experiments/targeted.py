@@ -17,6 +17,7 @@ from .common import (
     model_for,
     on_model,
     out_dir,
+    pairs,
     predictions,
     progress,
     test_set,
@@ -37,12 +38,6 @@ def add_arguments(p):
                         "1 / 2**searches)")
 
 
-def pairs(labels, classes=10):
-    """Every (image index, wrong class) pair: (index (M,), target (M,)), M = 9 N for 10 classes."""
-    index = np.repeat(np.arange(len(labels)), classes)
-    target = np.tile(np.arange(classes), len(labels))
-    keep = target != labels[index]
-    return index[keep], target[keep]
 
 
 def run(args):

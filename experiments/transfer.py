@@ -13,19 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from attacks import fgs, pgd, predict
-from attacks.evaluation import EVAL_BATCH, batch_slices
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint
 from training.cli import float_in, positive_int
-from training.exercise import default_name, parse_args
 
 from .common import (
-    host,
+    craft,
     load_model,
-    on_model,
     out_dir,
-    progress,
     test_set,
+    train_flags,
     train_model,
     write_csv,
     write_json,
@@ -52,16 +49,6 @@ def add_arguments(p):
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
 
 
-def train_flags(args, mode, half):
-    """train.py's flags for the network of `mode` on half `half`, its run folder under --runs."""
-    flags = ["--mode", mode, "--train-half", str(half), "--epochs", str(args.epochs),
-             "--seed", str(args.seed + half - 1), "--device", args.device]
-    for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit),
-                        ("--data-dir", args.data_dir)):
-        if value is not None:
-            flags += [flag, str(value)]
-    runs = args.out.parent if args.runs is None else args.runs
-    return flags + ["--out", str(runs / default_name(parse_args(flags)))]
 
 
 def networks(args):
@@ -78,14 +65,6 @@ def networks(args):
     return [(name, model, ckpt, load_checkpoint(ckpt)[1]["epoch"]) for name, model, ckpt in nets]
 
 
-def craft(model, images, labels, attack, desc):
-    """attack(model, x, t) -> x_adv over host images (N, 1, 28, 28) in batches; host x_adv."""
-    out = np.empty_like(images)
-    with progress(len(images), desc) as bar:
-        for s in batch_slices(len(images), EVAL_BATCH):
-            out[s] = host(attack(model, on_model(model, images[s]), on_model(model, labels[s])))
-            bar.update(s.stop - s.start)
-    return out
 
 
 def heatmaps(path, names, clean, matrices, titles, n):

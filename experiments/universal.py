@@ -26,12 +26,12 @@ from .common import (
     out_dir,
     run_name,
     test_set,
+    train_flags,
     train_model,
     write_csv,
     write_json,
 )
 from .figures import plt
-from .transfer import train_flags
 
 DEFAULTS = {"images": 1000}
 
