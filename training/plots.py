@@ -1,7 +1,7 @@
 """Accuracy-over-epochs plots of one or several runs (the metrics.csv that train.py writes).
 
 Colour tells the runs apart; line style tells clean (solid), FGS (dashed), FGV (dotted) and, when
-the run measured it, PGD (dash-dot) accuracy apart.
+the run measured them, PGD (dash-dot) and certified (dash-dot-dot, IBP runs) accuracy apart.
 """
 import csv
 import json
@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from .cli import RunError
 
 CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FGV", ":"),
-          ("pgd_acc", "PGD", "-."))
+          ("pgd_acc", "PGD", "-."), ("certified_acc", "certified", (0, (6, 2, 1, 2, 1, 2))))
 
 
 def read_metrics(run_dir):
@@ -38,20 +38,22 @@ def run_label(run_dir):
     """'adversarial, BN' style label from the run's settings.json, else the folder name."""
     try:
         s = json.loads((Path(run_dir) / "settings.json").read_text())
-        return f"{s['mode']}{', BN' if s['bn'] else ''}"
+        eps = f", eps {s['alpha']:g}" if s["mode"] == "ibp" else ""  # IBP runs differ by it
+        return f"{s['mode']}{', BN' if s['bn'] else ''}{eps}"
     except (OSError, ValueError, KeyError):
         return Path(run_dir).name
 
 
 def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
-    """Draw clean, FGS, FGV (and PGD) accuracy (%) over epochs for each run into out_path (PNG)."""
+    """Draw clean, FGS, FGV (and PGD, certified) accuracy (%) over epochs for each run into out_path (PNG)."""
     metrics = [read_metrics(run) for run in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (run, m) in enumerate(zip(run_dirs, metrics)):
         colour = f"C{i}"
         for key, name, style in CURVES:
             if key in m:
-                ax.plot(m["epoch"], [100 * v for v in m[key]], style, color=colour, marker=".",
+                ax.plot(m["epoch"], [100 * v for v in m[key]], linestyle=style, color=colour,
+                        marker=".",
                         label=f"{run_label(run)}: {name}" if len(run_dirs) > 1 else name)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
