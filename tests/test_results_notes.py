@@ -16,7 +16,8 @@ CASES = [("survival", lambda: [survival.markdown(json.loads((RESULTS / "survival
              (RESULTS / "universal_seeds" / m / "universal_seeds.json").read_text()), m)
              for m in ("standard", "pgd")]),
          ("patch_location", lambda: [patch_location.markdown(json.loads(
-             (RESULTS / "patch_location" / "patch_location.json").read_text()))]),
+             (RESULTS / "patch_location" / sub / "patch_location.json").read_text()))
+             for sub in ("", "all-targets")]),
          ("claims", lambda: [claims.markdown(json.loads(
              (RESULTS / "claims" / "claims.json").read_text()))])]
 
