@@ -242,9 +242,9 @@ def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
 # --- bad input: argparse ---------------------------------------------------------------------
 
 BAD_FLAGS = [
-    (["--alpha", "1.5"], "argument --alpha: expected a number in [0, 1], got 1.5"),
-    (["--alpha", "-0.1"], "argument --alpha: expected a number in [0, 1], got -0.1"),
-    (["--alpha", "nan"], "argument --alpha: expected a number in [0, 1], got nan"),
+    (["--alpha", "1.5"], "argument --eps/--alpha: expected a number in [0, 1], got 1.5"),
+    (["--alpha", "-0.1"], "argument --eps/--alpha: expected a number in [0, 1], got -0.1"),
+    (["--alpha", "nan"], "argument --eps/--alpha: expected a number in [0, 1], got nan"),
     (["--fgv-alpha", "2"], "argument --fgv-alpha: expected a number in [0, 1], got 2.0"),
     (["--noise-alpha", "-1"], "argument --noise-alpha: expected a number in [0, 1], got -1.0"),
     (["--epochs", "0"], "argument --epochs: expected a positive whole number, got 0"),
@@ -255,7 +255,7 @@ BAD_FLAGS = [
     (["--epochs", "two"], "argument --epochs: expected a positive whole number, got 'two'"),
     (["--batch-size", "6.4"],
      "argument --batch-size: expected a positive whole number, got '6.4'"),
-    (["--alpha", "abc"], "argument --alpha: expected a number, got 'abc'"),
+    (["--alpha", "abc"], "argument --eps/--alpha: expected a number, got 'abc'"),
     (["--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
     (["--lr", "0"], "argument --lr: expected a number in (0, inf), got 0.0"),
     (["--momentum", "1"], "argument --momentum: expected a number in [0, 1), got 1.0"),
