@@ -166,22 +166,21 @@ def make_app(served, keys=None, budget=None, ledger=None, limits=Limits(), seeds
                          "answer scores and gradients for free")
     keys, ledger, names = keys or Keys(), ledger or MemoryLedger(), list(served)
     gates = {name: Gate(limits.queue) for name in served}
-    state = {"inflight": 0, "parsers": None, "clients": {}}
+    state = {"parsers": None, "clients": {}}
     page_limit = RateLimit(limits.page_rate, limits.page_burst)
 
     @contextlib.asynccontextmanager
     async def holding_a_body(client):
         """A place for one more request body (503 when the server, or `client`, has its
         limit of them): one client's flood cannot take every place."""
-        clients = state["clients"]
-        if state["inflight"] >= limits.inflight or clients.get(client, 0) >= limits.per_client:
+        clients = state["clients"]  # client -> its requests holding a body (at most inflight)
+        if sum(clients.values()) >= limits.inflight or \
+                clients.get(client, 0) >= limits.per_client:
             raise ApiError(503, "the server is busy; try again shortly", {"Retry-After": "1"})
-        state["inflight"] += 1
         clients[client] = clients.get(client, 0) + 1
         try:
             yield
         finally:
-            state["inflight"] -= 1
             clients[client] -= 1
             if not clients[client]:
                 del clients[client]
