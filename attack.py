@@ -22,8 +22,8 @@ EXPERIMENTS = {
     "transfer": "attacks crafted on one network, tested on networks trained on the other half",
     "blackbox": "attack a label-only model through a substitute trained on its answers",
     "autoencoder": "a small input change that makes an autoencoder reconstruct another digit",
-    "decision": "HopSkipJump from labels alone (in-process or over the API), distortion "
-                "against queries",
+    "hopskipjump": "HopSkipJump from labels alone (in-process or over the API), distortion "
+                   "against queries",
     "minimum": "the white-box L2 minimum by DDN, from the image and from random misclassified "
                "images, beside HopSkipJump's",
     "physical": "destruction rates of FGS, PGD, least-likely and EOT-PGD under camera-like "
@@ -36,13 +36,14 @@ EXPERIMENTS = {
     "universal": "one image-agnostic perturbation per eps, fitted on training images",
     "universal_seeds": "universal perturbations over seeds, fitted pass by pass until converged, "
                        "untargeted and toward each class",
-    "inside": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
-              "judged by an independent model",
+    "visualise": "saliency, class visualisations, unit stimuli and large-eps targeted images, "
+                 "judged by an independent model",
     "claims": "the README's claims against their evidence in results/: pix2pix's ranking with "
               "significance, looking-inside numbers, single-pixel filters, the VAE over seeds",
     "robust": "worst case over APGD-CE, APGD-T, FAB-T and Square (AutoAttack's standard version)",
     "certify": "the share of test images proven robust by interval bounds, beside PGD's",
 }
+ALIASES = {"hopskipjump": ["decision"], "visualise": ["inside"]}  # their old names, still accepted
 
 
 def summary(doc):
@@ -55,8 +56,8 @@ def parse_args(argv=None):
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="experiment")
     for name, help_text in EXPERIMENTS.items():
         module = importlib.import_module(f"experiments.{name}")
-        p = sub.add_parser(name, help=help_text, description=summary(module.__doc__),
-                           formatter_class=HelpFormatter)
+        p = sub.add_parser(name, aliases=ALIASES.get(name, []), help=help_text,
+                           description=summary(module.__doc__), formatter_class=HelpFormatter)
         add_common_arguments(p, name, **getattr(module, "DEFAULTS", {}))
         module.add_arguments(p)
         p.set_defaults(run=module.run)

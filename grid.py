@@ -22,11 +22,11 @@ import signal
 import sys
 from pathlib import Path
 
-from data.mnist import DATASETS
 from training.cli import (
     HelpFormatter,
     RunError,
     TrainingError,
+    add_data_flags,
     float_in,
     int_at_least,
     positive_int,
@@ -35,7 +35,8 @@ from training.cli import (
 from training.compare import BLOCK as COMPARE_BLOCK
 from training.compare import write_comparison
 from training.grid import execute, plan, refuse_to_lose_epochs
-from training.report import BLOCK, update_readme, write_report
+from training.readme import BLOCK, update_readme
+from training.report import write_report
 
 PROG = "grid.py"
 
@@ -71,7 +72,7 @@ def parse_args(argv=None):
     r.add_argument("--runs", type=Path,
                    help="folder of the run folders (default: results/grid, or "
                         "results/grid-fashion-mnist)")
-    r.add_argument("--dataset", choices=DATASETS, default="mnist", help="train.py --dataset")
+    add_data_flags(r, dataset="train.py --dataset")
     r.add_argument("--eps", type=float_in(0, 1, low_open=True),
                    help="train.py --alpha (FGS step, PGD eps) of every run, with --noise-alpha "
                         "the same and --fgv-alpha twice it (default: 0.3 on MNIST, the "
@@ -110,6 +111,16 @@ def parse_args(argv=None):
     return args
 
 
+def run_flags(args):
+    """The train.py flags that `grid.py run`'s own flags give every run of the grid."""
+    eps = args.eps if args.eps is not None else 0.3 if args.dataset == "mnist" else 0.1
+    return args.extra + (["--pgd-images", str(args.pgd_images)] if args.pgd_images else []) + \
+        ["--dataset", args.dataset] * (args.dataset != "mnist") + \
+        ["--device", args.device] * (args.device != "cpu") + \
+        ["--alpha", f"{eps:g}", "--fgv-alpha", f"{2 * eps:g}", "--noise-alpha", f"{eps:g}"] * \
+        (eps != 0.3)
+
+
 def run(args):
     if args.command == "compare":
         print(f"wrote {write_comparison(args.runs, args.robust, args.out, args.readme)}")
@@ -123,14 +134,10 @@ def run(args):
             print(f"wrote the last-epoch rows into {readme}")
         return 0
     bn = {"both": [False, True], "no": [False], "yes": [True]}[args.bn]
-    eps = args.eps if args.eps is not None else 0.3 if args.dataset == "mnist" else 0.1
     if args.runs is None:
         args.runs = Path("results") / ("grid" if args.dataset == "mnist" else
                                        f"grid-{args.dataset}")
-    extra = args.extra + (["--pgd-images", str(args.pgd_images)] if args.pgd_images else []) + \
-        ["--dataset", args.dataset] * (args.dataset != "mnist") + \
-        ["--alpha", f"{eps:g}", "--fgv-alpha", f"{2 * eps:g}", "--noise-alpha", f"{eps:g}"] * \
-        (eps != 0.3)
+    extra = run_flags(args)
     reference = [("pgd", b, 0, args.reference_epochs) for b in (False, True)
                  if args.reference_epochs and "pgd" not in args.modes]
     grid = plan(args.modes, bn, args.seeds, args.epochs, extra, args.runs, reference)

@@ -17,7 +17,7 @@ import os
 import sys
 
 import models
-from training.cli import HelpFormatter, float_in, int_at_least, positive_int
+from training.cli import HelpFormatter, float_in, int_at_least, positive_int, run_cli
 
 PROG = "serve.py"
 
@@ -77,46 +77,44 @@ def read_keys(keys_file):
     return os.environ.get("API_KEYS", "").split()
 
 
-def fail(message):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 1
+class ServeError(Exception):
+    """The server cannot start (one sentence for the user)."""
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def serve(args):
     try:
         from web.api import Keys, Limits
         from web.ledger import LedgerError, open_ledger
         from web.server import Settings, bind, run
     except ImportError:
-        return fail("the server needs Starlette and uvicorn: pip install -e '.[web]'")
-    from data.mnist import MNISTError
-
+        raise ServeError("the server needs Starlette and uvicorn: pip install -e '.[web]'") \
+            from None
     try:
         keys = Keys.of(read_keys(args.keys_file))
     except ValueError as exc:
-        return fail(exc)
+        raise ServeError(exc) from None
     if args.budget is not None and not keys.ids:
-        return fail("--budget meters API keys, and none were given: name a --keys-file, or "
-                    "set API_KEYS")
+        raise ServeError("--budget meters API keys, and none were given: name a --keys-file, "
+                         "or set API_KEYS")
     if args.ledger == "memory" and args.workers > 1:
-        return fail("--ledger memory keeps each worker's own counts: with --workers, keep "
-                    "usage in an SQLite file or on Redis")
+        raise ServeError("--ledger memory keeps each worker's own counts: with --workers, keep "
+                         "usage in an SQLite file or on Redis")
     try:
         open_ledger(args.ledger)
     except LedgerError as exc:
-        return fail(exc)
+        raise ServeError(exc) from None
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
-        return fail(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc} "
-                    "(another server there? choose one with --port)")
+        raise ServeError(f"cannot listen on {args.host} port {args.port}: "
+                         f"{exc.strerror or exc} (another server there? choose one with --port)"
+                         ) from None
     from web.shipped import served_models
     try:
         served, seeds = served_models(args.models)
-    except (models.ModelError, MNISTError) as exc:
+    except BaseException:
         sock.close()
-        return fail(exc)
+        raise
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch,
                     body_seconds=args.deadline, inflight=args.inflight, queue=args.queue)
     host, bound = sock.getsockname()[:2]
@@ -133,6 +131,11 @@ def main(argv=None):
     run(sock, settings, workers=args.workers, max_connections=args.max_connections,
         deadline=args.deadline, served=served, seeds=seeds)
     return 0
+
+
+def main(argv=None):
+    return run_cli(PROG, serve, parse_args(argv), errors=(ServeError, models.ModelError),
+                   interrupted="stopped")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ Each epoch prints one line and updates the run folder: metrics.csv, accuracy.png
 checkpoint.npz (from which --resume continues). settings.json records the run's flags.
 --pgd-images N adds PGD accuracy on the first N test images to every epoch's evaluation.
 
-Where to read on: training/exercise.py, `run`, is the exercise top to bottom (load the data,
+Where to read on: training/classifier.py, `run`, is the exercise top to bottom (load the data,
 build the model, pick the step, train and evaluate each epoch, save); the steps of each mode
-are in attacks/training.py, the evaluation in attacks/evaluation.py, the layers in nn/.
+are in attacks/adversarial_training.py, the evaluation in attacks/evaluation.py, the layers in nn/.
 """
 import sys
 
+from training.classifier import parse_args, run
 from training.cli import run_cli
-from training.exercise import parse_args, run
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ checkpoint; by default one is trained once and cached in runs/classifier/): the 
 between its Flatten-layer features of generated and test images, and the spread of its predicted
 classes over the generated images (class coverage).
 
-Where to read on: gan/run.py (the run), gan/training.py (one alternating update of each
+Where to read on: gan/run.py (the run), gan/steps.py (one alternating update of each
 network), gan/losses.py (the two generator costs), gan/fid.py (the scores).
 """
 import sys

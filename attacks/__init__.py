@@ -1,16 +1,20 @@
 """Adversarial attacks and the exercise's evaluation, on top of `nn`.
 
-Every module keeps a name of its own (no function below is called like its module), so that
-`import attacks.square_attack` and patching by dotted path reach the module.
+One module per family, named for the family, never like a function it exports (so that
+`import attacks.score_based` and patching by dotted path reach the module):
+gradient.py one-step gradient attacks (FGS, FGV); iterative.py the PGD family; autopgd.py APGD;
+minimum_norm.py FAB-T and DDN; score_based.py Square; decision_based.py HopSkipJump;
+blackbox.py the substitute attack and the oracles; universal.py patches and universal
+perturbations; autoencoder.py attacks on autoencoders; adversarial_training.py one training step
+of each mode; evaluation.py the exercise's evaluation.
 """
+from .adversarial_training import adversarial_step, ibp_step, noise_step, pgd_step, standard_step
 from .autoencoder import autoencoder_attack
 from .autopgd import apgd, apgd_targeted
-from .blackbox import LabelOracle, QueryBudgetExceeded, ScoreOracle, jacobian_augmentation
-from .ddn_attack import ddn
-from .evaluation import certify, default_attacks, evaluate, pgd_attack, predict
-from .fab_attack import fab_targeted
+from .blackbox import LabelOracle, QueryBudgetExceeded, ScoreOracle
+from .decision_based import hopskipjump
+from .evaluation import certify, default_attacks, evaluate, pgd_attack
 from .gradient import (
-    eval_mode,
     fgs,
     fgs_step,
     fgv,
@@ -19,7 +23,6 @@ from .gradient import (
     loss_and_gradients,
     sign_noise,
 )
-from .hopskipjump_attack import hopskipjump
 from .iterative import (
     eot_pgd,
     fooling_images,
@@ -29,7 +32,6 @@ from .iterative import (
     targeted_fgs,
     targeted_pgd,
     targeted_pgd_l2,
-    uniform_start,
 )
-from .square_attack import square
-from .training import adversarial_step, ibp_step, noise_step, pgd_step, standard_step
+from .minimum_norm import fab_targeted
+from .score_based import square

@@ -10,10 +10,11 @@ its gradient with respect to the input, each followed by a projection into the a
 """
 from nn import Adam, Sequential
 from nn.backend import device_of, xp_of
+from nn.interval import input_box
 from nn.losses import mse_loss
+from nn.model import eval_mode
 from nn.vae import kl_gaussians
 
-from .gradient import eval_mode
 from .iterative import per_image, project
 
 
@@ -21,13 +22,6 @@ def reconstruct(ae, x):
     """AE(x) in eval mode: x (N, 1, 28, 28) -> (N, D) reconstructions (D = 784)."""
     with eval_mode(ae):
         return ae.forward(x)
-
-
-def reconstruction_distance(ae, x, target):
-    """Per-image squared distance ||AE(x) - target||^2: x (N, 1, 28, 28), target (N, D) -> (N,)."""
-    xp = xp_of(x)
-    diff = reconstruct(ae, x) - target
-    return xp.sum(diff * diff, axis=1)
 
 
 def distance_and_gradient(ae, x, target):
@@ -60,7 +54,7 @@ def autoencoder_attack(ae, x, target, eps=0.1, steps=100, step=None):
     if step is None:
         step = 2.5 * eps / max(steps, 1)
     eps, step = per_image(eps, x), per_image(step, x)
-    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    low, high = input_box(x, eps)
     x_adv = best = x
     best_dist = xp.full((x.shape[0],), float("inf"), dtype=x.dtype, device=device_of(x))
     for i in range(steps + 1):

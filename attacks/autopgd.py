@@ -21,9 +21,11 @@ same images either way and "paper" is 0.3-0.4 points stronger on APGD-CE.
 import numpy as np
 
 from nn.backend import device_of, to_numpy, xp_of
+from nn.interval import input_box
 from nn.losses import dlr_loss, softmax_cross_entropy
+from nn.model import eval_mode
 
-from .gradient import eval_mode, loss_and_gradients
+from .gradient import loss_and_gradients
 from .iterative import (
     keep_first_hit,
     per_image,
@@ -80,7 +82,7 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halv
         raise ValueError(f"apgd: halving must be one of {HALVING}, got {halving!r}")
     xp = xp_of(x)
     climb = objective(loss, target)
-    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    low, high = input_box(x, eps)
     x_adv = x if rng is None else project(uniform_start(x, eps, rng), low, high)
     step = per_image(xp.full(x.shape[0], 2.0 * eps, dtype=x.dtype, device=device_of(x)), x)
     reviews, last_review = checkpoints(steps), 0
@@ -94,6 +96,8 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halv
         # at the first checkpoint only the share of rising steps can halve a step
         halved, best_at_review = xp.ones(x.shape[0], dtype=xp.bool, device=device_of(x)), best
         for i in range(1, steps + 1):
+            if bool(xp.all(found)):  # every image has its first hit, which is what is returned
+                break
             a = MOMENTUM if i > 1 else 1.0
             z = project(x_adv + step * xp.sign(grad), low, high)
             x_prev, x_adv = x_adv, project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev),
@@ -125,7 +129,8 @@ def apgd(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halving=
     targeted DLR of APGD-T). `steps` forward and backward passes (plus one at the start),
     from a uniform random point of the ball drawn from host generator rng (from x without rng).
     Per image the first iterate that the model misclassifies (argmax != t, also when targeted)
-    is returned, else the iterate of the highest loss. |x_adv - x| <= eps, 0 <= x_adv <= 1.
+    is returned, else the iterate of the highest loss; once every image has been misclassified,
+    no more steps are taken (none could change the result). |x_adv - x| <= eps, 0 <= x_adv <= 1.
     Runs in eval mode: BatchNorm's statistics are used, never changed. halving: "autoattack"
     (its code) or "paper" (its text); see the module's docstring.
     """

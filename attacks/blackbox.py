@@ -9,7 +9,7 @@ substitute's score for the oracle's label changes most, i.e. toward the substitu
 boundaries, where labels teach the substitute the most.
 
 A `ScoreOracle` answers more: the logits (or log-probabilities, or probabilities) of each image,
-still without a gradient. That is what score-based attacks such as Square (attacks/square_attack.py)
+still without a gradient. That is what score-based attacks such as Square (attacks/score_based.py)
 work from.
 """
 from collections import Counter
@@ -18,9 +18,7 @@ import numpy as np
 
 from nn.backend import device_of, xp_of
 from nn.losses import log_softmax, softmax
-
-from .evaluation import EVAL_BATCH, batch_slices, predict
-from .gradient import eval_mode
+from nn.model import EVAL_BATCH, batch_slices, eval_mode, predict
 
 
 class QueryBudgetExceeded(RuntimeError):

@@ -2,16 +2,12 @@
 classified test images only, plus the robust accuracy over all images that papers report."""
 import numpy as np
 
-from nn.backend import to_device, to_numpy, xp_of
+from nn.backend import to_numpy, xp_of
 from nn.interval import certified
-from nn.model import first_param
+from nn.model import EVAL_BATCH, batch_slices, eval_mode, first_param, on_model
 
-from .gradient import eval_mode, fgs_step, fgv_step, loss_and_gradients
+from .gradient import fgs_step, fgv_step, loss_and_gradients
 from .iterative import pgd
-
-# Images per evaluation batch: small enough that a batch's arrays stay in the CPU caches
-# (benchmarks/bench_train.py measured 100 faster than 500 or 1,000 on 2 cores).
-EVAL_BATCH = 100
 
 
 def default_attacks(fgs_alpha=0.3, fgv_alpha=0.6):
@@ -30,27 +26,12 @@ def pgd_attack(eps=0.3, steps=20, rng=None):
                                        random_start=rng is not None, rng=rng)
 
 
-def batch_slices(n, batch_size):
-    """Consecutive slices of range(n), each at most batch_size long."""
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def predict(model, images, batch_size=EVAL_BATCH):
-    """Predicted labels (N,) on the host for host images (N, C, H, W), in eval mode."""
-    like = first_param(model)
-    xp = xp_of(like)
-    with eval_mode(model):
-        return np.concatenate([to_numpy(xp.argmax(model.forward(to_device(images[s], like)), axis=1))
-                               for s in batch_slices(len(images), batch_size)])
-
-
 def certify(model, images, labels, eps, batch_size=EVAL_BATCH):
     """Whether each host image (N, C, H, W) is *proven* to keep its host label (N,) against any
     perturbation of L-infinity norm <= eps (interval bounds, nn/interval.py): (N,) booleans on
     the host, in eval mode. An image the model gets wrong is never certified."""
-    like = first_param(model)
     with eval_mode(model):
-        out = [to_numpy(certified(model, to_device(images[s], like), to_device(labels[s], like),
+        out = [to_numpy(certified(model, on_model(model, images[s]), on_model(model, labels[s]),
                                   eps)) for s in batch_slices(len(images), batch_size)]
         model.clear_caches()
     return np.concatenate(out)
@@ -72,14 +53,13 @@ def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
     nor FGV's per-image scaling sees.
     """
     attacks = default_attacks() if attacks is None else attacks
-    like = first_param(model)
-    xp = xp_of(like)
+    xp = xp_of(first_param(model))
     totals = {"clean_loss": 0.0, "n_correct": 0}
     for name in attacks:
         totals.update({f"{name}_still": 0, f"{name}_linf": 0.0, f"{name}_l2": 0.0})
     with eval_mode(model):
         for s in batch_slices(len(images), batch_size):
-            x, t = to_device(images[s], like), to_device(labels[s], like)
+            x, t = on_model(model, images[s]), on_model(model, labels[s])
             p = loss_and_gradients(model, x, t, param_grads=False)
             correct = xp.argmax(p.logits, axis=1) == t
             totals["clean_loss"] += float(p.loss) * t.shape[0]

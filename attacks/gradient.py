@@ -3,13 +3,13 @@
 Training asks "how should the weights change to lower the loss?"; an attack asks "how should the
 *pixels* change to raise it?". Both answers come out of the same backward pass (`loss_and_gradients`).
 """
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
 
 from nn.backend import device_of, xp_of
 from nn.losses import softmax_cross_entropy
+from nn.model import eval_mode
 
 
 class Pass(NamedTuple):
@@ -33,18 +33,6 @@ def loss_and_gradients(model, x, t, input_grad=True, loss_fn=softmax_cross_entro
     loss, dlogits = loss_fn(logits, t)
     dx, grads = model.backward(dlogits, input_grad=input_grad, param_grads=param_grads)
     return Pass(loss, logits, dx, grads)
-
-
-@contextmanager
-def eval_mode(model):
-    """Run a block with the model in eval mode (BatchNorm frozen), then restore each layer's mode."""
-    modes = [layer.training for layer in model.layers]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for layer, mode in zip(model.layers, modes):
-            layer.training = mode
 
 
 def input_gradient(model, x, t):

@@ -12,9 +12,11 @@ class's; a fooling image is one targeted signed step from pure noise.
 import numpy as np
 
 from nn.backend import device_of, to_device, to_numpy, xp_of
+from nn.interval import input_box
 from nn.losses import softmax
+from nn.model import eval_mode
 
-from .gradient import eval_mode, loss_and_gradients
+from .gradient import loss_and_gradients
 
 
 def project(x_adv, low, high):
@@ -98,7 +100,8 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
 
     keep_first: per image, return the first iterate that succeeds (argmax != labels when
     untargeted, == labels when targeted), so that an image broken by any iterate counts as
-    broken even if later steps wander back; the last iterate where none succeeds. Each step's
+    broken even if later steps wander back; the last iterate where none succeeds. The steps stop
+    once every image has succeeded: none could change the result. Each step's
     forward pass already classifies its iterate; only the last iterate costs one more forward.
     transform, samples, rng: follow the expected gradient over random transformations instead
     (`expected_gradient`); keep_first must then be False (success depends on the transform).
@@ -107,7 +110,7 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
         raise ValueError("signed_steps: with a transform, keep_first must be False")
     xp = xp_of(x)
     eps, step = per_image(eps, x), per_image(step, x)
-    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    low, high = input_box(x, eps)
     x_adv = x if start is None else project(start, low, high)
     found = xp.zeros(x.shape[0], dtype=xp.bool, device=device_of(x))
     first = x_adv
@@ -121,6 +124,8 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
             if keep_first:
                 hit = (xp.argmax(logits, axis=1) == labels) == (direction < 0)
                 first, found = keep_first_hit(first, found, x_adv, hit)
+                if bool(xp.all(found)):  # every image has its first success: no step can change it
+                    break
             if dx is not None:
                 x_adv = project(x_adv + (direction * step) * xp.sign(dx), low, high)
     return where_rows(found, first, x_adv) if keep_first else x_adv

@@ -14,11 +14,11 @@ loop; reported on other images than those it was fitted on.
 """
 import numpy as np
 
-from nn import first_param
-from nn.backend import device_of, to_device, to_numpy, xp_of
+from nn import eval_mode, first_param, on_model
+from nn.backend import device_of, to_numpy, xp_of
 from nn.transforms import Warp, warp_backward, warp_forward
 
-from .gradient import eval_mode, loss_and_gradients
+from .gradient import loss_and_gradients
 
 
 def _like(host, x):
@@ -67,12 +67,11 @@ def train_patch(model, images, target, side, steps=300, batch=64, lr=0.02, rng=N
     fresh random placements (host generator rng); the model in eval mode."""
     rng = np.random.default_rng(0) if rng is None else rng
     patch = rng.uniform(0, 1, (side, side))
-    like = first_param(model)
     with eval_mode(model):
         for _ in range(steps):
-            x = to_device(images[rng.integers(0, len(images), batch)], like)
+            x = on_model(model, images[rng.integers(0, len(images), batch)])
             pasted, theta = paste(x, patch, placements(rng, batch, side))
-            t = to_device(np.full(batch, target), like)
+            t = on_model(model, np.full(batch, target))
             dx = loss_and_gradients(model, pasted, t, param_grads=False).dx
             patch = np.clip(patch - lr * np.sign(patch_gradient(dx, theta, side)), 0.0, 1.0)
         model.clear_caches()
@@ -85,12 +84,11 @@ def universal_perturbation(model, images, eps, steps=500, batch=64, step=None, r
     steps of `step` (default eps / 20) on random batches, then the projection onto the ball."""
     rng = np.random.default_rng(0) if rng is None else rng
     step = eps / 20 if step is None else step
-    like = first_param(model)
-    xp = xp_of(like)
+    xp = xp_of(first_param(model))
     v = np.zeros((1, *images.shape[1:]))
     with eval_mode(model):
         for _ in range(steps):
-            x = to_device(images[rng.integers(0, len(images), batch)], like)
+            x = on_model(model, images[rng.integers(0, len(images), batch)])
             t = xp.argmax(model.forward(x), axis=1)
             x_v = xp.clip(x + _like(v, x), 0.0, 1.0)
             dx = to_numpy(loss_and_gradients(model, x_v, t, param_grads=False).dx)
@@ -116,8 +114,7 @@ def universal_passes(model, images, eps, passes=10, batch=100, step=None, target
     rng = np.random.default_rng(0) if rng is None else rng
     step = eps / 10 if step is None else step
     check = images if check is None else check
-    like = first_param(model)
-    xp = xp_of(like)
+    xp = xp_of(first_param(model))
     v = np.zeros((1, *images.shape[1:]))
     history = []
 
@@ -125,7 +122,7 @@ def universal_passes(model, images, eps, passes=10, batch=100, step=None, target
         hits = []
         with eval_mode(model):
             for s in range(0, len(check), 500):
-                x = to_device(check[s:s + 500], like)
+                x = on_model(model, check[s:s + 500])
                 clean = xp.argmax(model.forward(x), axis=1)
                 after = xp.argmax(model.forward(xp.clip(x + _like(v, x), 0.0, 1.0)), axis=1)
                 hits.append(to_numpy(after != clean if target is None else after == target))
@@ -136,11 +133,11 @@ def universal_passes(model, images, eps, passes=10, batch=100, step=None, target
         for p in range(1, passes + 1):
             order = rng.permutation(len(images))
             for s in range(0, len(images), batch):
-                x = to_device(images[order[s:s + batch]], like)
+                x = on_model(model, images[order[s:s + batch]])
                 if target is None:
                     t, direction = xp.argmax(model.forward(x), axis=1), 1.0
                 else:
-                    t, direction = to_device(np.full(x.shape[0], target), like), -1.0
+                    t, direction = on_model(model, np.full(x.shape[0], target)), -1.0
                 x_v = xp.clip(x + _like(v, x), 0.0, 1.0)
                 g = to_numpy(loss_and_gradients(model, x_v, t, param_grads=False).dx).sum(
                     axis=0, keepdims=True)
@@ -169,11 +166,10 @@ def train_patch_at(model, images, target, side, row, col, steps=300, batch=64, l
     col) (`paste_at`), from uniform noise (host generator rng); the model in eval mode."""
     rng = np.random.default_rng(0) if rng is None else rng
     patch = rng.uniform(0, 1, (side, side))
-    like = first_param(model)
     with eval_mode(model):
         for _ in range(steps):
-            x = to_device(images[rng.integers(0, len(images), batch)], like)
-            t = to_device(np.full(batch, target), like)
+            x = on_model(model, images[rng.integers(0, len(images), batch)])
+            t = on_model(model, np.full(batch, target))
             dx = to_numpy(loss_and_gradients(model, paste_at(x, patch, row, col), t,
                                              param_grads=False).dx)
             grad = dx[:, 0, row:row + side, col:col + side].sum(axis=0)
@@ -186,12 +182,11 @@ def per_image_patches(model, image, target, side, places, steps=40, lr=0.1):
     """For one host image (1, 28, 28): a patch trained for it alone at each of `places`
     [(row, col)], all places as one batch; returns (success (P,) host bool: the model puts
     the pasted image in `target`, patches (P, side, side) host). Signed steps of lr from grey."""
-    like = first_param(model)
-    xp = xp_of(like)
+    xp = xp_of(first_param(model))
     P = len(places)
     patches = np.full((P, side, side), 0.5)
-    x = to_device(np.broadcast_to(image, (P, *image.shape)).copy(), like)
-    t = to_device(np.full(P, target), like)
+    x = on_model(model, np.broadcast_to(image, (P, *image.shape)).copy())
+    t = on_model(model, np.full(P, target))
     masks, where = np.ones((P, 1, 28, 28)), np.zeros((P, 1, 28, 28), dtype=bool)
     for k, (r, c) in enumerate(places):
         masks[k, 0, r:r + side, c:c + side], where[k, 0, r:r + side, c:c + side] = 0.0, True

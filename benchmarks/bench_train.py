@@ -9,18 +9,19 @@
 What is measured, for reference_cnn(batch_norm=False) and reference_cnn(batch_norm=True),
 float32, on a fixed random batch of 64 images (uniform in [0, 1]) with random labels:
 
-  train_step   one standard training step: attacks.training.standard_step with
+  train_step   one standard training step: attacks.adversarial_training.standard_step with
                nn.SGD(lr=0.01, momentum=0.9); PyTorch: zero_grad, cross-entropy, backward, SGD step
                (its input does not require grad: PyTorch skips conv1's input gradient, and so
                does ours, through backward(input_grad=False)).
-  adv_step     the exercise's adversarial step: attacks.training.adversarial_step, alpha 0.3;
+  adv_step     the exercise's adversarial step: attacks.adversarial_training.adversarial_step,
+               alpha 0.3;
                PyTorch: forward/backward of the clean batch with x.requires_grad (input gradient
                and parameter gradients in one pass), x_fgs = clamp(x + 0.3 sign(grad), 0, 1)
                detached, forward/backward of x_fgs accumulating into the same .grad, one SGD step.
   fwd_bwd      one forward and backward, train mode: attacks.gradient.loss_and_gradients;
                PyTorch: the same with x.requires_grad (ours always returns dL/dx).
   eval         attacks.evaluation.evaluate(model, images, labels) (clean + FGS 0.3 + FGV 0.6,
-               batches of attacks.evaluation.EVAL_BATCH, eval mode) on --eval-images random
+               batches of nn.model.EVAL_BATCH, eval mode) on --eval-images random
                images, reported as seconds per 10,000 images; PyTorch: per batch a forward with
                input grad, torch.autograd.grad of the mean cross-entropy with respect to the
                images only (ours skips the parameter gradients too, backward(param_grads=False)),
@@ -70,7 +71,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from attacks.evaluation import EVAL_BATCH  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks.machine import gflops, matmul_gflops, rss_in_subprocess, rss_probe  # noqa: E402
 from benchmarks.ours import (  # noqa: E402
@@ -84,6 +84,7 @@ from benchmarks.ours import (  # noqa: E402
 )
 from benchmarks.report import EVAL_KEYS, log, to_unit  # noqa: E402
 from benchmarks.torch_reference import Torch, check_same_network, torch_or_none  # noqa: E402
+from nn import EVAL_BATCH  # noqa: E402
 from nn.backend import reuse_host_memory  # noqa: E402
 
 MIN_ROUNDS, MAX_ROUNDS = 2, 12

@@ -37,13 +37,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks.evaluation import batch_slices  # noqa: E402
 from data.mnist import load_mnist  # noqa: E402
 from gan.classifier import DEFAULT_CLASSIFIER, classifier_bn  # noqa: E402
 from gan.fid import class_fractions, coverage, features_and_classes, frechet_distance  # noqa: E402
 from gan.losses import GAN_LOSSES  # noqa: E402
 from gan.models import IMAGE_SIZE, discriminator, generator  # noqa: E402
-from nn import reference_cnn  # noqa: E402
+from nn import batch_slices, reference_cnn  # noqa: E402
 from nn.checkpoint import load_checkpoint, section  # noqa: E402
 from training.run_folder import write_metrics  # noqa: E402
 
@@ -120,7 +119,7 @@ def generator_loss(logits, kind):
 
 
 def generator_step(G, D, opt_g, z, kind):
-    """One Adam step of G (D untouched) -> (loss, mean D(G(z)), grad_norm) as gan.training's:
+    """One Adam step of G (D untouched) -> (loss, mean D(G(z)), grad_norm) as gan.steps's:
     grad_norm is the batch mean of ||N dL/dG(z)_n||_2, the per-sample cost's gradient norm."""
     opt_g.zero_grad(set_to_none=True)
     fake = G(z)

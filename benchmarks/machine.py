@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.evaluation import EVAL_BATCH
 from benchmarks.ours import Ours, make_data, seconds
 from benchmarks.torch_reference import Torch, torch_or_none
-from nn import reference_cnn
+from nn import EVAL_BATCH, reference_cnn
 from nn.layers import Conv2d, Dense
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,10 @@ import tracemalloc
 
 import numpy as np
 
-from attacks.evaluation import EVAL_BATCH, evaluate
+from attacks.adversarial_training import adversarial_step, standard_step
+from attacks.evaluation import evaluate
 from attacks.gradient import loss_and_gradients
-from attacks.training import adversarial_step, standard_step
-from nn import SGD, losses, reference_cnn
-from nn import functional as F
+from nn import EVAL_BATCH, SGD, conv, losses, reference_cnn
 from nn.layers import Conv2d
 
 BATCH = 64
@@ -169,23 +168,23 @@ def profile_layers(bn, x, t, reps):
 
 
 def conv_breakdown(layer, x, dout, reps):
-    """The pieces of conv2d_forward / conv2d_backward (as written in nn/functional.py when this
+    """The pieces of conv2d_forward / conv2d_backward (nn/conv.py, as they were written when this
     benchmark was written), timed on the layer's real input and output gradient, in ms."""
     W = layer.params["W"]
     Fo, C, KH, KW = W.shape
     s_, p_ = layer.stride, layer.padding
     w2 = W.reshape(Fo, -1)
-    cols = F.im2col(x, KH, KW, s_, p_)
+    cols = conv.im2col(x, KH, KW, s_, p_)
     d2 = np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1)
     dcols = w2.T @ d2
     pieces = {
-        "im2col": lambda: F.im2col(x, KH, KW, s_, p_),
+        "im2col": lambda: conv.im2col(x, KH, KW, s_, p_),
         "fwd matmul W@cols": lambda: w2 @ cols,
         "dout -> (F, OH*OW*N)": lambda: np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1),
         "dW matmul d2@cols.T": lambda: d2 @ cols.T,
         "db sum": lambda: d2.sum(axis=1),
         "dX matmul W.T@d2": lambda: w2.T @ d2,
-        "col2im": lambda: F.col2im(dcols, x.shape, KH, KW, s_, p_),
+        "col2im": lambda: conv.col2im(dcols, x.shape, KH, KW, s_, p_),
     }
     out = {"shapes": {"cols": list(cols.shape), "d2": list(d2.shape),
                       "d2_is_copy": not np.shares_memory(d2, dout)}}

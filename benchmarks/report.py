@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.evaluation import EVAL_BATCH
+from nn import EVAL_BATCH
 
 EVAL_KEYS = ("clean_acc", "fgs_acc", "fgv_acc")
 UNITS = {"train_step": "ms/step", "adv_step": "ms/step", "fwd_bwd": "ms/pass",

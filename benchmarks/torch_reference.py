@@ -5,9 +5,9 @@ check that both networks compute the same loss and input gradient.
 The only module of the benchmark that imports torch (nn/ and attacks/ never do)."""
 import numpy as np
 
-from attacks.evaluation import EVAL_BATCH
 from benchmarks.ours import ALPHA, FGV_ALPHA, LR, MOMENTUM
 from benchmarks.report import log
+from nn import EVAL_BATCH
 
 
 def torch_or_none():

@@ -5,23 +5,40 @@ continues it if it has fewer than --ae-epochs epochs), pairs each of the first -
 images with a random test image of another digit, and runs `attacks.autoencoder` toward that
 image's reconstruction for every --eps. The CNN of --checkpoint then reads the reconstructions.
 Writes autoencoder.npz, results.json and autoencoder.png into --out.
-"""
-import time
 
+With --vae: the plain autoencoder against a variational one, attacked in their latent space
+(Tabacof et al. 2016) and at their output (Kos et al. 2017). Pairs: the first test image of each
+class as source and as target, every ordered pair of different classes (90). Each attack
+minimises f(x + d) + lam ||d||^2 over d (x + d in [0, 1]), f the latent distance (the KL between
+q(z | x + d) and q(z | x_t) for the VAE, the squared code distance for the plain one) or the
+output distance ||AE(x + d) - AE(x_t)||^2, swept over --lambdas. Judged as the papers judge it:
+Tabacof's normalised axes, ||d|| / ||x_t - x|| against ||AE(x + d) - AE(x_t)|| / ||AE(x) -
+AE(x_t)||; and, with the classifier (--checkpoint or the shipped --model) reading the
+reconstruction, success toward the target and away from the source at fixed L2 budgets
+(--budgets; per pair the closest result whose ||d|| fits). The baseline every attack must beat is
+the linear blend x + a (x_t - x) with the same ||d||. Writes vae.json, vae.png (both figures) and
+the VAE's checkpoint vae.npz beside the plain autoencoder's.
+"""
 import numpy as np
 
-from attacks.autoencoder import autoencoder_attack, reconstruct
-from attacks.evaluation import EVAL_BATCH, batch_slices
+from attacks.autoencoder import (
+    ae_latent_objective,
+    ae_output_objective,
+    autoencoder_attack,
+    penalty_attack,
+    reconstruct,
+    vae_latent_objective,
+    vae_output_objective,
+)
 from data.mnist import load_mnist
-from nn import Adam, dense_autoencoder, first_param, mse_loss
-from nn.backend import namespace_for, xp_of
-from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nn import EVAL_BATCH, Sequential, batch_slices
+from nn.backend import namespace_for
+from training.autoencoder import train_autoencoder, train_vae
 from training.cli import float_in, positive_int
 
 from . import common, figures
 
 DEFAULTS = {"images": 100}
-BATCH, LR = 128, 1e-3  # autoencoder training: Adam's usual learning rate
 
 
 def add_arguments(parser):
@@ -42,8 +59,7 @@ def add_arguments(parser):
                         help="pairs shown in the figure")
     parser.add_argument("--vae", action="store_true",
                         help="instead: the plain autoencoder against a VAE, latent and output "
-                             "attacks with an L2 penalty, judged at --budgets "
-                             "(experiments/vae_attack.py)")
+                             "attacks with an L2 penalty, judged at --budgets")
     parser.add_argument("--lambdas", type=float_in(0, 1e6), nargs="+",
                         default=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
                         help="with --vae: the penalty weights of ||d||^2")
@@ -51,67 +67,10 @@ def add_arguments(parser):
                         default=[1.0, 2.0, 3.0, 4.0, 6.0], help="with --vae: L2 budgets")
 
 
-def _prefixed(arrays, prefix):
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def _resume(path, settings, ae, opt):
-    """Load `path` into ae and opt if it exists; the number of epochs it holds (0 if none)."""
-    if not path.exists():
-        return 0
-    try:
-        arrays, meta = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise common.ExperimentError(str(exc)) from None
-    if meta.get("settings") != settings:
-        raise common.ExperimentError(
-            f"{path} holds an autoencoder trained with other settings ({meta.get('settings')}, "
-            f"now {settings}): delete it or choose another --out.")
-    ae.load_state_dict(_prefixed(arrays, "model."))
-    opt.load_state_dict(_prefixed(arrays, "optim."), like=ae.params)
-    return int(meta["epochs"])
-
-
-def train_epoch(ae, opt, images, rng, bar=None):
-    """One epoch of Adam on mse_loss(AE(x), x) over host images (N, 1, 28, 28) in batches of
-    BATCH, shuffled by host generator rng; returns the mean training loss (per image)."""
-    xp, total = xp_of(first_param(ae)), 0.0
-    order = rng.permutation(len(images))
-    ae.train()
-    for s in batch_slices(len(images), BATCH):
-        x = common.on_model(ae, images[order[s]])
-        loss, dout = mse_loss(ae.forward(x), xp.reshape(x, (x.shape[0], -1)))
-        _, grads = ae.backward(dout, input_grad=False)
-        opt.step(ae.params, grads)
-        total += float(common.host(loss)) * x.shape[0]
-        if bar is not None:
-            bar.update(x.shape[0])
-    return total / len(images)
-
-
-def autoencoder_for(args, xp):
-    """The autoencoder of --out/autoencoder.npz, trained (further) up to --ae-epochs first."""
-    path = args.out / "autoencoder.npz"
-    settings = {"code": args.code, "train_limit": args.train_limit, "seed": args.seed,
-                "batch_size": BATCH, "lr": LR}
-    ae = dense_autoencoder(code=args.code, rng=np.random.default_rng(args.seed)).to(xp)
-    opt = Adam(lr=LR)
-    done = _resume(path, settings, ae, opt)
-    if done >= args.ae_epochs:
-        print(f"autoencoder: reusing {path} ({done} epochs)", flush=True)
-        return ae.eval()
-    images, _ = load_mnist("train", args.data_dir, args.train_limit)
-    n = len(images)
-    for epoch in range(done + 1, args.ae_epochs + 1):
-        start = time.perf_counter()
-        with common.progress(n, f"autoencoder epoch {epoch}") as bar:
-            loss = train_epoch(ae, opt, images, np.random.default_rng([args.seed, epoch]), bar)
-        arrays = {**{f"model.{k}": v for k, v in ae.state_dict().items()},
-                  **{f"optim.{k}": v for k, v in opt.state_dict().items()}}
-        save_checkpoint(path, arrays, {"settings": settings, "epochs": epoch})
-        print(f"autoencoder epoch {epoch}/{args.ae_epochs}: training MSE {loss:.2f} per "
-              f"image ({time.perf_counter() - start:.0f} s), saved {path}", flush=True)
-    return ae.eval()
+def training_settings(args):
+    """train_autoencoder's and train_vae's settings from the flags (their checkpoints in --out)."""
+    return {"code": args.code, "epochs": args.ae_epochs, "seed": args.seed,
+            "train_limit": args.train_limit, "data_dir": args.data_dir}
 
 
 def in_batches(fn, model, *arrays):
@@ -146,9 +105,8 @@ def squared(a, b):
 
 def run(args):
     """Train or reuse the autoencoder, attack --images pairs per --eps, write numbers and figure
-    (with --vae: experiments/vae_attack.py)."""
+    (with --vae: run_vae)."""
     if args.vae:
-        from .vae_attack import run_vae
         return run_vae(args)
     common.out_dir(args.out)
     xp = namespace_for(args.device)
@@ -157,7 +115,7 @@ def run(args):
     if n > len(images):
         raise common.ExperimentError(f"--images {n} is more than the {len(images)} test images "
                                      "loaded: lower --images or raise --test-limit.")
-    ae = autoencoder_for(args, xp)
+    ae = train_autoencoder(args.out / "autoencoder.npz", xp, **training_settings(args))
     classifier, checkpoint = common.model_for(args)
     print(f"reconstructing {len(images)} test images", flush=True)
     recon = in_batches(lambda x: reconstruct(ae, x), ae, images)
@@ -228,3 +186,99 @@ def plot(path, classifier, images, labels, recon, src, tgt, shown, rows):
     grid = np.stack([c.reshape(rows, -1) for c in cols], axis=1)
     figures.grid(path, grid, titles, "Autoencoder attack: x + d within eps of x, AE(x + d) "
                  "aimed at AE(target); red: the CNN reads the target digit", colours=colours)
+
+
+# --- with --vae: the plain autoencoder against the VAE -------------------------------------------
+
+def pairs(labels):
+    """(source index (90,), target index (90,)): the first test image of each class, every
+    ordered pair of different classes."""
+    first = np.array([np.flatnonzero(labels == c)[0] for c in range(10)])
+    s, t = np.meshgrid(np.arange(10), np.arange(10), indexing="ij")
+    keep = s != t
+    return first[s[keep]], first[t[keep]]
+
+
+def norm(a):
+    return np.sqrt(np.sum(a.reshape(len(a), -1) ** 2, axis=1))
+
+
+def run_vae(args):
+    xp = namespace_for(args.device)
+    common.out_dir(args.out)
+    images, labels = load_mnist("test", args.data_dir, args.test_limit)
+    ae = train_autoencoder(args.out / "autoencoder.npz", xp, **training_settings(args))
+    vae = train_vae(args.out / "vae.npz", xp, **training_settings(args))
+    classifier, checkpoint = common.model_for(args)
+    src, tgt = pairs(labels)
+    x, x_t = images[src], images[tgt]
+    def on(a):
+        return common.on_model(ae, a)
+    recons = {"AE": lambda v: common.host(reconstruct(ae, on(v))),
+              "VAE": lambda v: common.host(vae.reconstruct(on(v)))}
+    codes = Sequential(*ae.layers[:4])
+    objectives = {
+        ("AE", "latent"): ae_latent_objective(ae, codes.forward(on(x_t))),
+        ("AE", "output"): ae_output_objective(ae, on(recons["AE"](x_t))),
+        ("VAE", "latent"): vae_latent_objective(vae, *vae.encode(on(x_t))),
+        ("VAE", "output"): vae_output_objective(vae, on(recons["VAE"](x_t)))}
+    gap = norm(x_t - x)
+    results, curves = {}, {}
+    for (model, kind), objective in objectives.items():
+        runs = []
+        with common.progress(len(args.lambdas), f"{model}, {kind}", unit="lambda") as bar:
+            for lam in args.lambdas:
+                adv = common.host(penalty_attack(objective, on(x), lam, args.steps))
+                runs.append(adv)
+                bar.update()
+        results[model, kind] = runs
+    for model in recons:  # the blend, at the attacks' own distortions and at the budgets
+        results[model, "blend"] = [x + np.minimum(1.0, b / gap)[:, None, None, None] * (x_t - x)
+                                   for b in args.budgets]
+    report = {"pairs": len(src), "lambdas": args.lambdas, "budgets": args.budgets,
+              "classifier": str(checkpoint), "attacks": []}
+    for (model, kind), runs in results.items():
+        r_x, r_t = recons[model](x), recons[model](x_t)
+        base = norm(r_x - r_t)
+        dist = np.stack([norm(a - x) for a in runs])                 # (runs, pairs)
+        close = np.stack([norm(recons[model](a) - r_t) for a in runs])
+        read = np.stack([classify(classifier, recons[model](a)) for a in runs])
+        curves[model, kind] = ((dist / gap).mean(axis=1).tolist(),
+                               (close / base).mean(axis=1).tolist())
+        at_budget = []
+        for b in args.budgets:
+            # per pair, of the runs that fit the budget the one closest to the target; a pair
+            # with none keeps its source (read as the source's reconstruction is)
+            fits = dist <= b + 1e-6
+            best = np.argmin(np.where(fits, close, np.inf), axis=0)
+            reading = np.where(fits.any(axis=0), read[best, np.arange(len(src))],
+                               classify(classifier, r_x))
+            at_budget.append({"budget": b, "to_target": float(np.mean(reading == labels[tgt])),
+                              "away_from_source": float(np.mean(reading != labels[src]))})
+        report["attacks"].append({"model": model, "kind": kind, "curve": curves[model, kind],
+                                  "at_budget": at_budget})
+        print(f"{model}, {kind}: read as the target at L2 " + ", ".join(
+            f"{a['budget']:g}: {100 * a['to_target']:.0f}%" for a in at_budget), flush=True)
+    common.write_json(args.out / "vae.json", report)
+    vae_figure(args.out / "vae.png", report)
+    print(f"wrote {args.out / 'vae.json'} and {args.out / 'vae.png'}")
+    return 0
+
+
+def vae_figure(path, report):
+    fig, (ax, ax2) = figures.plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, a in enumerate(report["attacks"]):
+        style = {"latent": "o-", "output": "s-", "blend": "x--"}[a["kind"]]
+        colour = "C0" if a["model"] == "AE" else "C1"
+        label = f"{a['model']}, {a['kind']}"
+        ax.plot(*a["curve"], style, color=colour, label=label)
+        ax2.plot(report["budgets"], [100 * b["to_target"] for b in a["at_budget"]], style,
+                 color=colour, label=label)
+    ax.set(xlabel="||d|| / ||x_t - x||", ylabel="||AE(x + d) - AE(x_t)|| / ||AE(x) - AE(x_t)||",
+           title="Tabacof et al.'s axes (mean over 90 pairs)")
+    ax2.set(xlabel="L2 budget ||d||", ylabel="reconstruction read as the target (%)",
+            ylim=(0, 100), title="Judged by the classifier")
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    figures.save_figure(fig, path)

@@ -18,10 +18,9 @@ import time
 
 import numpy as np
 
-from attacks import fgs, pgd, predict, standard_step
+from attacks import fgs, pgd, standard_step
 from attacks.blackbox import LabelOracle, QueryBudgetExceeded, jacobian_augmentation
-from attacks.evaluation import batch_slices
-from nn import Adam, reference_cnn
+from nn import Adam, batch_slices, predict, reference_cnn
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
@@ -38,7 +37,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 
@@ -154,9 +153,7 @@ def figure(path, rows, whitebox, args, n):
         a.legend(fontsize=8)
     ax.set_title(f"Black-box success, eps {args.alpha}, {n} held-out images", fontsize=10)
     ax2.set_title("Agreement on the held-out images", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args):

@@ -19,7 +19,7 @@ from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
 from .common import ExperimentError, load_model, model_paths, out_dir, run_name, test_set, write_csv
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 
@@ -94,8 +94,6 @@ def run(args):
     ax.set(ylabel="accuracy (%)", ylim=(0, 100),
            title=f"Proven and not-yet-broken robustness, {len(images)} test images")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "certify.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "certify.png")
     print(f"wrote {out}/certify.csv, verdicts.csv and certify.png")
     return 0

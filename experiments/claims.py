@@ -5,7 +5,7 @@ Reads what other experiments wrote under --results (nothing is trained here) and
 models' first-layer filters: for pix2pix (results/pix2pix/<variant>-seed<k>/metrics.csv), per
 epoch, the mean over seeds of each variant and Welch's t-test of each pair of variants with
 three seeds (two-sided p from Student's t, integrated numerically), and the range of a
-single-seed variant over the epochs; for `attack.py inside` (results/inside/inside.json) the
+single-seed variant over the epochs; for `attack.py visualise` (results/inside/inside.json) the
 deletion numbers the README quotes; per shipped model the first-layer 5x5 filters with at least
 99% of their squared norm in one weight; for the VAE (results/vae and results/vae-seed<k>/
 vae.json, `attack.py autoencoder --vae --seed k`) each attack's success at each L2 budget over

@@ -12,15 +12,14 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 import models
-from attacks import LabelOracle, eval_mode
-from attacks.evaluation import EVAL_BATCH, batch_slices
-from data.mnist import DATASETS, load_mnist
-from nn import first_param, reference_cnn, softmax
-from nn.backend import namespace_for, to_device, to_numpy
+from attacks import LabelOracle
+from data.mnist import load_mnist
+from nn import EVAL_BATCH, batch_slices, eval_mode, on_model, predict, reference_cnn, softmax
+from nn.backend import namespace_for, to_numpy
 from nn.checkpoint import CheckpointError, atomic_file, load_checkpoint, section
 from nn.export import load_exported
-from training import exercise
-from training.cli import TrainingError, int_at_least, positive_int
+from training import classifier
+from training.cli import TrainingError, add_data_flags, int_at_least, positive_int
 from training.loop import progress_bar as progress
 from training.plots import run_label
 from training.run_folder import write_csv  # noqa: F401  (the experiments' own)
@@ -41,13 +40,10 @@ def add_common_arguments(parser, name, images=1000, checkpoint_help=None):
     parser.add_argument("--images", type=positive_int, default=images,
                         help="how many test images (the first N) to attack")
     parser.add_argument("--seed", type=int_at_least(0), default=0)
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
-                        help="the test images' dataset (fashion-mnist needs --checkpoint: the "
-                             "shipped models are MNIST's)")
-    parser.add_argument("--data-dir", type=Path,
-                        help="folder with the IDX files (default: the embedded MNIST, or "
-                             "Debian's Fashion-MNIST)")
-    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    add_data_flags(parser, dataset="the test images' dataset (fashion-mnist needs --checkpoint: "
+                                   "the shipped models are MNIST's)",
+                   data_dir="folder with the IDX files (default: the embedded MNIST, or "
+                            "Debian's Fashion-MNIST)")
 
 
 def load_model(path, xp):
@@ -80,13 +76,13 @@ def train_model(train_flags, xp):
 
     A run folder that already holds the requested epochs is reused as it is.
     """
-    args = exercise.parse_args(list(train_flags))
+    args = classifier.parse_args(list(train_flags))
     ckpt = args.out / "checkpoint.npz"
     args.resume = ckpt.exists()
     print(f"training: python train.py {' '.join(train_flags)}{' --resume' if args.resume else ''}",
           flush=True)
     try:
-        exercise.run(args)
+        classifier.run(args)
     except TrainingError as exc:
         raise ExperimentError(f"training the model failed: {exc}") from None
     model, settings = load_model(ckpt, xp)
@@ -156,11 +152,6 @@ def test_set(args, limit=None):
                       getattr(args, "dataset", "mnist"))
 
 
-def on_model(model, host):
-    """Host array `host` moved to the model's namespace and device."""
-    return to_device(host, first_param(model))
-
-
 def out_dir(path):
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -204,7 +195,7 @@ def train_flags(args, mode, half):
         if value is not None:
             flags += [flag, str(value)]
     runs = args.out.parent if args.runs is None else args.runs
-    return flags + ["--out", str(runs / exercise.default_name(exercise.parse_args(flags)))]
+    return flags + ["--out", str(runs / classifier.default_name(classifier.parse_args(flags)))]
 
 
 def craft(model, images, labels, attack, desc):
@@ -223,3 +214,30 @@ def pairs(labels, classes=10):
     target = np.tile(np.arange(classes), len(labels))
     keep = target != labels[index]
     return index[keep], target[keep]
+
+
+# --- through a camera (physical, survival) --------------------------------------------------------
+
+SHIFTED = 1.5  # the strength of the "shifted" transformation families: wider than EOT's 1
+
+
+def destruction_rate(clean_ok, adv_ok, transformed_ok):
+    """(d, destroyed, successful): successful = sum C(x) !C(x_adv) over the images (and draws:
+    transformed_ok may have a leading axis of draws), destroyed = those that T turns back to
+    correct; d = destroyed / successful (nan without successful images)."""
+    success = clean_ok & ~adv_ok
+    transformed_ok = np.asarray(transformed_ok).reshape(-1, len(success))
+    destroyed = int(np.sum(success & transformed_ok))
+    total = int(success.sum()) * len(transformed_ok)
+    return (destroyed / total if total else float("nan")), destroyed, total
+
+
+def transformed_correct(model, x, t, family, draws, rng):
+    """(draws, N) host bool: classified correctly after each of `draws` fresh transformations."""
+    ok = np.zeros((draws, len(x)), dtype=bool)
+    for d in range(draws):
+        for s in batch_slices(len(x), EVAL_BATCH):
+            xb = on_model(model, x[s])
+            tx, _ = family.forward(xb, family.sample(rng, xb.shape))
+            ok[d, s] = predict(model, host(tx)) == t[s]
+    return ok

@@ -16,7 +16,7 @@ from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
 from .common import load_model, model_for, out_dir, run_name, test_set, write_csv
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 
@@ -71,9 +71,7 @@ def run(args):
            title=f"Accuracy under attack, {len(images)} test images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "curve.png")
     print(f"wrote {out}/curve.csv and curve.png")
     return 0
 

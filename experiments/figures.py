@@ -1,7 +1,10 @@
 """Figures the experiments share: image triplets (original, perturbation x10, adversarial) and
-labelled image grids. Every function takes host arrays and writes one PNG."""
+labelled image grids. Every function takes host arrays and writes one PNG. Every experiment's
+figure is written by save_figure (training/plots.py's, which train.py's and the GAN's use too)."""
 import matplotlib.pyplot as plt
 import numpy as np
+
+from training.plots import save_figure
 
 MAGNIFY = 10  # perturbations are shown ten times larger, as in the lecture
 
@@ -33,9 +36,7 @@ def triplets(path, originals, adversarials, before, after, title, note=""):
     for row, name in enumerate(["original", f"perturbation x{MAGNIFY}", "adversarial"]):
         axes[row, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def grid(path, images, titles, title, row_labels=None, col_labels=None, colours=None):
@@ -56,6 +57,4 @@ def grid(path, images, titles, title, row_labels=None, col_labels=None, colours=
         for c in range(cols):
             axes[0, c].set_title(f"{col_labels[c]}\n{titles[0][c]}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

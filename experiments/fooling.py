@@ -7,7 +7,7 @@ than 50% probability, per class and overall) and fooling.png (a grid with the pr
 import numpy as np
 
 from attacks import fooling_images
-from attacks.evaluation import EVAL_BATCH, batch_slices
+from nn import EVAL_BATCH, batch_slices
 from training.cli import float_in, positive_int
 
 from .common import host, model_for, on_model, out_dir, predictions, progress, write_json

@@ -1,12 +1,12 @@
 """The white-box L2 minimum, unmasked: DDN from the image and from random misclassified images.
 
 For each model (--models, shipped; or --checkpoint), the correctly classified images among the
-first --images test images (as `attack.py decision`), DDN (attacks/ddn_attack.py, --steps per run,
---loss) runs once from the image itself and --restarts times from a random misclassified image
-(uniform noise), off the data point where a masked gradient misleads; per image the smallest
+first --images test images (as `attack.py hopskipjump`), DDN (attacks/minimum_norm.py, --steps
+per run, --loss) runs once from the image itself and --restarts times from a random misclassified
+image (uniform noise), off the data point where a masked gradient misleads; per image the smallest
 adversarial point over the runs is bisected toward the image on the segment between them. The
 median L2 distortion (an image never made adversarial counts as infinite) is reported after the
-run from the image alone and after all runs, beside the numbers of `attack.py decision` in
+run from the image alone and after all runs, beside the numbers of `attack.py hopskipjump` in
 --decision/<model>/ if they are there: the old white-box minimum (targeted L2 PGD from the image,
 bisected over the radius) and HopSkipJump's after its largest budget, per image too. Writes
 minimum.csv (one row per image), minimum.json and minimum.png.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import models
-from attacks import predict
-from attacks.ddn_attack import bisect_segment, ddn_run, l2_norms, margin_loss, noise_start
+from attacks.minimum_norm import bisect_segment, ddn_run, l2_norms, margin_loss, noise_start
+from nn import predict
 from nn.backend import namespace_for
 from nn.losses import softmax_cross_entropy
 from training.cli import int_at_least, positive_int
@@ -36,7 +36,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 100}
 LOSSES = {"ce": softmax_cross_entropy, "margin": margin_loss}
@@ -51,7 +51,7 @@ def add_arguments(p):
     p.add_argument("--loss", choices=list(LOSSES), default="ce",
                    help="the loss DDN climbs: cross-entropy (the paper's) or the logit margin")
     p.add_argument("--decision", type=Path, default=Path("results") / "decision",
-                   help="folder of attack.py decision's runs, one subfolder per model, to "
+                   help="folder of attack.py hopskipjump's runs, one subfolder per model, to "
                         "compare with (skipped where missing)")
 
 
@@ -146,6 +146,4 @@ def figure(path, rows):
                title=label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -13,9 +13,9 @@ patch's area) and patches.png (the trained patches of the first model at the lar
 import numpy as np
 
 import models
-from attacks import predict
 from attacks.universal import paste, placements, train_patch
 from data.mnist import load_mnist
+from nn import predict
 from nn.backend import namespace_for
 from training.cli import int_at_least, positive_int
 
@@ -29,7 +29,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 
@@ -120,9 +120,7 @@ def figure(path, rows):
            ylim=(0, 100), title="Targeted patches, mean over target classes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def patches(path, shown):
@@ -133,6 +131,4 @@ def patches(path, shown):
         ax.imshow(patch, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"-> {target}", fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

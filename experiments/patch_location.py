@@ -18,9 +18,9 @@ target and patch) and patch_location.png (the maps).
 import numpy as np
 
 import models
-from attacks import predict
 from attacks.universal import paste_at, per_image_patches, train_patch, train_patch_at
 from data.mnist import load_mnist
+from nn import predict
 from nn.backend import namespace_for
 from training.cli import int_at_least, positive_int
 
@@ -34,7 +34,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 500}
 
@@ -144,8 +144,7 @@ def figure(path, maps):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="target predicted (%)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def markdown(report):

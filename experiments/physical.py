@@ -19,13 +19,15 @@ digit under 8 transformations).
 import numpy as np
 
 import models
-from attacks import eot_pgd, fgs, pgd, predict, targeted_pgd
-from attacks.evaluation import EVAL_BATCH, batch_slices
+from attacks import eot_pgd, fgs, pgd, targeted_pgd
+from nn import EVAL_BATCH, batch_slices, predict
 from nn.backend import namespace_for
 from nn.transforms import FAMILIES, print_and_photograph
 from training.cli import float_in, positive_int
 
 from .common import (
+    SHIFTED,
+    destruction_rate,
     host,
     load_model,
     model_paths,
@@ -34,14 +36,14 @@ from .common import (
     progress,
     run_name,
     test_set,
+    transformed_correct,
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 500}
 ATTACKS = ("fgs", "pgd", "ll-pgd", "eot-pgd")
-SHIFTED = 1.5  # the strength of the "shifted" families
 
 
 def add_arguments(p):
@@ -56,17 +58,6 @@ def add_arguments(p):
     p.add_argument("--strengths", type=float_in(0, 3), nargs="+",
                    default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
                    help="strengths of the rotation for the figure (1: up to 30 degrees)")
-
-
-def destruction_rate(clean_ok, adv_ok, transformed_ok):
-    """(d, destroyed, successful): successful = sum C(x) !C(x_adv) over the images (and draws:
-    transformed_ok may have a leading axis of draws), destroyed = those that T turns back to
-    correct; d = destroyed / successful (nan without successful images)."""
-    success = clean_ok & ~adv_ok
-    transformed_ok = np.asarray(transformed_ok).reshape(-1, len(success))
-    destroyed = int(np.sum(success & transformed_ok))
-    total = int(success.sum()) * len(transformed_ok)
-    return (destroyed / total if total else float("nan")), destroyed, total
 
 
 def craft(model, x, t, name, eps, args, rng):
@@ -87,17 +78,6 @@ def craft(model, x, t, name, eps, args, rng):
                           samples=args.eot_samples, rng=rng)
         out.append(host(adv))
     return np.concatenate(out)
-
-
-def transformed_correct(model, x, t, family, draws, rng):
-    """(draws, N) host bool: classified correctly after each of `draws` fresh transformations."""
-    ok = np.zeros((draws, len(x)), dtype=bool)
-    for d in range(draws):
-        for s in batch_slices(len(x), EVAL_BATCH):
-            xb = on_model(model, x[s])
-            tx, _ = family.forward(xb, family.sample(rng, xb.shape))
-            ok[d, s] = predict(model, host(tx)) == t[s]
-    return ok
 
 
 def run(args):
@@ -167,9 +147,7 @@ def figure(path, curves, args):
            title=f"Adversarial images turned back to correct by rotation (eps {max(args.eps)})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def digit_grid(path, image, rng):
@@ -183,6 +161,4 @@ def digit_grid(path, image, rng):
         ax.set_title(name, fontsize=7)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

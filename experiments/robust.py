@@ -28,14 +28,12 @@ from attacks import (
     ScoreOracle,
     apgd,
     apgd_targeted,
-    eval_mode,
     fab_targeted,
     fgs,
     pgd,
-    predict,
     square,
 )
-from attacks.evaluation import EVAL_BATCH, batch_slices
+from nn import EVAL_BATCH, batch_slices, eval_mode, predict
 from nn.backend import namespace_for, xp_of
 from training.cli import float_in, int_at_least, positive_int
 
@@ -52,7 +50,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 ATTACKS = ("fgs", "pgd", "apgd-ce", "apgd-t", "fab-t", "square")
@@ -241,9 +239,7 @@ def draw(path, reports, n):
            title=f"Robust accuracy, attacks in turn on the images still robust ({n} test images)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args):

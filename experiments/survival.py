@@ -9,7 +9,7 @@ least-likely class method, steps of one grey level (1/255) for min(255 eps + 4, 
 iterations, the last iterate; and EOT-PGD (20 steps, --eot-samples draws of the composite per
 step, the last iterate). Every adversarial image goes through --draws fresh draws of the
 print-and-photograph composite (nn/transforms.py) at strength 1 and at the shifted 1.5, from a
-generator the crafting never used; the destruction rate is Kurakin's (experiments/physical.py).
+generator the crafting never used; the destruction rate is Kurakin's (common.destruction_rate).
 Its predictor: the adversarial margin, the logit of the adversarial class (the one predicted)
 minus the largest other logit, of each successful adversarial image before the transformation.
 Writes survival.csv (one row per model, eps and attack), survival_images.csv (one row per
@@ -21,13 +21,15 @@ from itertools import pairwise
 import numpy as np
 
 import models
-from attacks import eot_pgd, fgs, predict, signed_steps
-from attacks.evaluation import EVAL_BATCH, batch_slices
+from attacks import eot_pgd, fgs, signed_steps
+from nn import EVAL_BATCH, batch_slices, predict
 from nn.backend import namespace_for
 from nn.transforms import print_and_photograph
 from training.cli import float_in, positive_int
 
 from .common import (
+    SHIFTED,
+    destruction_rate,
     host,
     load_model,
     model_paths,
@@ -36,11 +38,11 @@ from .common import (
     progress,
     run_name,
     test_set,
+    transformed_correct,
     write_csv,
     write_json,
 )
-from .figures import plt
-from .physical import SHIFTED, destruction_rate, transformed_correct
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 500}
 ATTACKS = ("fgs", "pgd-first", "pgd-end", "ll-first", "ll-end", "bim", "illc", "eot-pgd")
@@ -200,9 +202,7 @@ def figure(path, rows, by_margin, eps_list):
                xticks=eps_list, title=f"{label}: destruction against eps")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 NAMES = {"fgs": "FGS", "pgd-first": "PGD first hit", "pgd-end": "PGD to the end",

@@ -9,7 +9,7 @@ every other class, by its smallest successful perturbation).
 import numpy as np
 
 from attacks import smallest_targeted, targeted_pgd
-from attacks.evaluation import EVAL_BATCH, batch_slices
+from nn import EVAL_BATCH, batch_slices
 from training.cli import float_in, positive_int
 
 from .common import (

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks import fgs, pgd, predict
+from attacks import fgs, pgd
+from nn import predict
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint
 from training.cli import float_in, positive_int
@@ -27,7 +28,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000, "checkpoint_help": "a train.py checkpoint.npz to add to the "
             "matrix as one more network (default: none)"}
@@ -83,9 +84,7 @@ def heatmaps(path, names, clean, matrices, titles, n):
                title=titles[attack])
     fig.suptitle(f"Accuracy of each target on adversarial images crafted on each source, "
                  f"{n} test images (diagonal: white-box)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args):

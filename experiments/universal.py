@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 import models
-from attacks import predict
 from attacks.universal import universal_perturbation
 from data.mnist import load_mnist
+from nn import predict
 from nn.backend import namespace_for
 from training.cli import float_in, positive_int
 
@@ -31,7 +31,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 
@@ -97,8 +97,6 @@ def run(args):
         ax.imshow(v, cmap="RdBu_r", vmin=-max(args.eps), vmax=max(args.eps))
         ax.set_title(f"{label}\neps {eps}", fontsize=6)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "universal.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "universal.png")
     print(f"wrote {out}/universal.csv, universal.json and universal.png")
     return 0

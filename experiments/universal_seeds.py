@@ -19,14 +19,14 @@ and largest over the seeds) and universal_seeds.png.
 import numpy as np
 
 import models
-from attacks import predict
 from attacks.universal import universal_passes, universal_perturbation
 from data.mnist import load_mnist
+from nn import predict
 from nn.backend import namespace_for
 from training.cli import float_in, int_at_least, positive_int
 
 from .common import load_model, model_paths, out_dir, run_name, test_set, write_csv, write_json
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 1000}
 
@@ -172,9 +172,7 @@ def figure(path, rows):
                ylim=(0, 100), xticks=range(10), title="targeted universal perturbations")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(report, label):

@@ -6,11 +6,9 @@ an MNIST analogue of FID. The histogram of predicted classes exposes mode collap
 """
 import numpy as np
 
-from attacks.evaluation import EVAL_BATCH, batch_slices
-from attacks.gradient import eval_mode
-from nn.backend import to_device, to_numpy, xp_of
+from nn import EVAL_BATCH, batch_slices, eval_mode, first_param, on_model
+from nn.backend import to_numpy, xp_of
 from nn.layers import Flatten
-from nn.model import first_param
 
 NUM_CLASSES = 10
 
@@ -29,13 +27,12 @@ def features_and_classes(model, images, batch_size=EVAL_BATCH):
     features are the output of its Flatten layer, the classes the argmax of the layers after it.
     """
     k = _flatten_index(model) + 1
-    like = first_param(model)
-    xp = xp_of(like)
+    xp = xp_of(first_param(model))
     images = np.reshape(images, (len(images), 1, 28, 28))
     feats, classes = [], []
     with eval_mode(model):
         for s in batch_slices(len(images), batch_size):
-            h = to_device(images[s], like)
+            h = on_model(model, images[s])
             for layer in model.layers[:k]:
                 h = layer.forward(h)
             feats.append(np.asarray(to_numpy(h), dtype=np.float64))
@@ -46,19 +43,9 @@ def features_and_classes(model, images, batch_size=EVAL_BATCH):
     return np.concatenate(feats), np.concatenate(classes)
 
 
-def classifier_features(model, images, batch_size=EVAL_BATCH):
-    """The Flatten-layer features (N, 1024) float64 on the host of host images (N, 1, 28, 28)."""
-    return features_and_classes(model, images, batch_size)[0]
-
-
 def class_fractions(classes, num_classes=NUM_CLASSES):
     """Fraction (num_classes,) of the predicted labels `classes` (N,) falling in each class."""
     return np.bincount(np.asarray(classes), minlength=num_classes)[:num_classes] / len(classes)
-
-
-def class_histogram(model, images, batch_size=EVAL_BATCH):
-    """Fractions (10,) of the images the classifier assigns to each class."""
-    return class_fractions(features_and_classes(model, images, batch_size)[1])
 
 
 def coverage(fractions, threshold=0.01):

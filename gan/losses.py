@@ -1,6 +1,7 @@
 """The GAN costs on discriminator logits z = D(x), with D(x) = sigmoid(z) the probability "real".
 
-Discriminator: -E[log D(x)] - E[log(1 - D(G(z)))], two binary cross-entropies.
+Discriminator: -E[log D(x)] - E[log(1 - D(G(z)))], two binary cross-entropies (bce_with_logits
+of nn/losses.py, taken inline by steps.discriminator_step, one backward after each forward).
 Generator, as the lecture writes them (both minimized by G):
     minimax         E[log(1 - D(G(z)))]  = mean(-softplus(z))    dz = -sigmoid(z) / N
     nonsaturating   E[-log D(G(z))]      = mean(softplus(-z))    dz = (sigmoid(z) - 1) / N
@@ -9,18 +10,9 @@ sigmoid(z) vanishes exactly when G most needs one, while the non-saturating one 
 """
 from nn.backend import xp_of
 from nn.functional import sigmoid_forward
-from nn.losses import bce_with_logits, softplus
+from nn.losses import softplus
 
 GAN_LOSSES = ("minimax", "nonsaturating")
-
-
-def discriminator_loss(real_logits, fake_logits, real_label=1.0):
-    """BCE(real, real_label) + BCE(fake, 0) -> (loss, dreal_logits, dfake_logits); logits (N,) or
-    (N, 1). real_label < 1 is one-sided label smoothing (Salimans et al. 2016): D is never
-    pushed to be surer than real_label on real images, the fake target stays 0."""
-    real_loss, dreal = bce_with_logits(real_logits, real_label)
-    fake_loss, dfake = bce_with_logits(fake_logits, 0.0)
-    return real_loss + fake_loss, dreal, dfake
 
 
 def generator_loss(fake_logits, kind):

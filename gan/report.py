@@ -3,9 +3,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from attacks.evaluation import batch_slices
-from nn import first_param
-from nn.backend import to_device, to_numpy
+from nn import batch_slices, on_model
+from nn.backend import to_numpy
+from training.plots import save_figure
 
 from .fid import class_fractions, coverage, features_and_classes, frechet_distance
 
@@ -15,8 +15,7 @@ GEN_BATCH = 500    # images per generator forward when sampling for the score
 
 def generate(G, z):
     """Host images (N, 1, 28, 28) float32 from host noise z (N, Z), in batches."""
-    like = first_param(G)
-    out = [to_numpy(G.forward(to_device(z[s], like))) for s in batch_slices(len(z), GEN_BATCH)]
+    out = [to_numpy(G.forward(on_model(G, z[s]))) for s in batch_slices(len(z), GEN_BATCH)]
     G.clear_caches()  # forward only: no backward will use them
     return np.reshape(np.concatenate(out), (len(z), 1, 28, 28))
 
@@ -30,8 +29,7 @@ def save_grid(images, path, title):
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     fig.suptitle(title, fontsize=10, y=0.985)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def score(G, classifier, z_fid, test_features):
@@ -66,5 +64,4 @@ def plot_gan(history, path, title):
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.08, top=0.9, hspace=0.4, wspace=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)

@@ -1,6 +1,6 @@
 """A GAN run on MNIST: train_gan.py's flags, one epoch of alternating updates, the run itself.
 
-Each epoch: a pass of D and G steps (training.py), a sample grid from a fixed z, the Frechet
+Each epoch: a pass of D and G steps (steps.py), a sample grid from a fixed z, the Frechet
 distance and class coverage of 10,000 samples (fid.py, with the classifier of classifier.py),
 then the checkpoint, metrics.csv and gan.png through the run-folder code of training/.
 """
@@ -10,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.evaluation import batch_slices
 from data.mnist import load_mnist
-from nn import Adam, first_param
-from nn.backend import namespace_for, to_device
+from nn import Adam, batch_slices, on_model
+from nn.backend import namespace_for
 from nn.checkpoint import section
-from training.cli import HelpFormatter, TrainingError, float_in, int_at_least, positive_float
+from training.cli import (
+    HelpFormatter,
+    TrainingError,
+    add_data_flags,
+    float_in,
+    int_at_least,
+    positive_float,
+)
 from training.loop import check_loss, check_weights, progress_bar, run_epochs
 from training.run_folder import (
     locked,
@@ -33,7 +39,7 @@ from .fid import features_and_classes
 from .losses import GAN_LOSSES
 from .models import discriminator, generator
 from .report import GRID, generate, plot_gan, save_grid, score
-from .training import discriminator_step, generator_step
+from .steps import discriminator_step, generator_step
 
 DESCRIPTION = "Train a generative adversarial network on MNIST with the hand-written layers of nn/."
 # The flags that define a run: --resume refuses a checkpoint made with other values.
@@ -80,9 +86,8 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--classifier-bn", action="store_true",
                    help="the classifier has BatchNorm (default: read 'bn' from the settings.json "
                         "next to it)")
-    p.add_argument("--data-dir", type=Path,
-                   help="folder with the MNIST IDX files, plain or .gz (default: the embedded copy)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    add_data_flags(p, data_dir="folder with the MNIST IDX files, plain or .gz (default: the "
+                               "embedded copy)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed epoch")
     args = p.parse_args(argv)
@@ -99,7 +104,6 @@ def _noise(rng, n, z_dim):
 def train_epoch(G, D, opt_g, opt_d, images, args, rng, desc, first_steps=None):
     """One pass over the shuffled training images: a D step per batch, a G step after every
     --d-steps of them. Returns the epoch's means; appends the first G steps to first_steps."""
-    like = first_param(G)
     order = rng.permutation(len(images))
     sums = dict.fromkeys(("d_loss", "d_real", "d_fake", "g_loss", "g_d_fake", "grad_norm"), 0.0)
     n_d = n_g = 0
@@ -107,8 +111,8 @@ def train_epoch(G, D, opt_g, opt_d, images, args, rng, desc, first_steps=None):
         for i, s in enumerate(batch_slices(len(order), args.batch_size)):
             idx = order[s]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                d = discriminator_step(G, D, opt_d, to_device(images[idx], like),
-                                       to_device(_noise(rng, len(idx), args.z_dim), like),
+                d = discriminator_step(G, D, opt_d, on_model(G, images[idx]),
+                                       on_model(G, _noise(rng, len(idx), args.z_dim)),
                                        args.real_label)
             check_loss(d.loss, "discriminator loss", desc, i + 1)
             sums["d_loss"] += d.loss
@@ -117,8 +121,8 @@ def train_epoch(G, D, opt_g, opt_d, images, args, rng, desc, first_steps=None):
             n_d += 1
             if (i + 1) % args.d_steps == 0:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    g = generator_step(G, D, opt_g, to_device(
-                        _noise(rng, args.batch_size, args.z_dim), like), args.gan_loss)
+                    g = generator_step(G, D, opt_g, on_model(
+                        G, _noise(rng, args.batch_size, args.z_dim)), args.gan_loss)
                 check_loss(g.loss, "generator loss", desc, i + 1)
                 sums["g_loss"] += g.loss
                 sums["g_d_fake"] += g.d_fake

@@ -3,159 +3,13 @@
 Each backward returns the gradient with respect to the op's input first, then the parameter
 gradients. Nothing here holds state; `nn/layers.py` wraps these functions in classes. All ops
 take their array namespace from their arguments (`xp_of`), so they run on NumPy, CuPy and the
-strict Array API backend alike. Shapes use N batch, C channels, H/W height/width, F filters,
-KH/KW kernel size, OH/OW output size.
+strict Array API backend alike. Here: channel concatenation, batch normalisation, dense and
+element-wise ops; the windowed ones (convolution, transposed convolution, max pooling) are in
+`nn/conv.py`. Shapes use N batch, C channels, H/W height/width.
 """
-from .backend import device_of, xp_of
+from .backend import xp_of
 
-
-def _zeros(shape, like):
-    xp = xp_of(like)
-    return xp.zeros(shape, dtype=like.dtype, device=device_of(like))
-
-
-def output_size(size, kernel, stride, padding):
-    """Spatial output length of a window of `kernel` sliding over `size` (+ padding) by `stride`."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    if out < 1:
-        raise ValueError(f"a {kernel}-wide window with padding {padding} does not fit "
-                         f"in an input of size {size}")
-    return out
-
-
-def _window(offset, stride, count):
-    """Slice picking `count` positions `offset, offset + stride, ...` (stop kept in bounds)."""
-    return slice(offset, offset + stride * (count - 1) + 1, stride)
-
-
-# --- convolution -----------------------------------------------------------------------------
-# Convolution works on "channels first, batch last" copies (C, H, W, N) of its input: the
-# strided slices that im2col and col2im move then have N contiguous values at their core, and
-# the result, a (F, OH, OW, N) array seen as (N, F, OH, OW), keeps the batch innermost in memory
-# for the layers after it (NumPy's element-wise ops keep their input's memory order).
-
-def _padded_cnhw(x, padding):
-    """x (N, C, H, W) as (C, H + 2p, W + 2p, N), zero-padded."""
-    xp = xp_of(x)
-    xt = xp.permute_dims(x, (1, 2, 3, 0))
-    if padding == 0:
-        # flattening copies (in the new order) only when xt is not laid out that way already
-        return xp.reshape(xp.reshape(xt, (-1,)), xt.shape)
-    C, H, W, N = xt.shape
-    out = _zeros((C, H + 2 * padding, W + 2 * padding, N), x)
-    out[:, padding:padding + H, padding:padding + W, :] = xt
-    return out
-
-
-def im2col(x, KH, KW, stride, padding):
-    """Unfold x (N, C, H, W) into cols (C*KH*KW, OH*OW*N).
-
-    Row (c, i, j), column (oh, ow, n) of cols holds x[n, c, i + stride*oh, j + stride*ow]
-    (zero in the padding): one strided slice per kernel offset (i, j), so the Python loop runs
-    KH*KW times whatever the batch size.
-    """
-    xp = xp_of(x)
-    N, C, H, W = x.shape
-    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    xt = _padded_cnhw(x, padding)
-    cols = xp.empty((C, KH, KW, OH, OW, N), dtype=x.dtype, device=device_of(x))
-    for i in range(KH):
-        for j in range(KW):
-            cols[:, i, j, ...] = xt[:, _window(i, stride, OH), _window(j, stride, OW), :]
-    return xp.reshape(cols, (C * KH * KW, OH * OW * N))
-
-
-def col2im(dcols, x_shape, KH, KW, stride, padding):
-    """Adjoint of im2col: fold dcols (C*KH*KW, OH*OW*N) back into dx (N, C, H, W).
-
-    Where windows overlap, the contributions of every offset are summed.
-    """
-    xp = xp_of(dcols)
-    N, C, H, W = x_shape
-    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    dcols = xp.reshape(dcols, (C, KH, KW, OH, OW, N))
-    dxt = _zeros((C, H + 2 * padding, W + 2 * padding, N), dcols)
-    for i in range(KH):
-        for j in range(KW):
-            dxt[:, _window(i, stride, OH), _window(j, stride, OW), :] += dcols[:, i, j, ...]
-    dxt = dxt[:, padding:padding + H, padding:padding + W, :]
-    return xp.permute_dims(dxt, (3, 0, 1, 2))
-
-
-def conv2d_forward(x, w, b, stride=1, padding=0):
-    """Cross-correlation out[n, f] = sum_c x[n, c] * w[f, c] + b[f], as one matrix product.
-
-    x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, OH, OW). The same numbers as the
-    loops of nn/naive.py: conv2d_forward, which read first.
-    """
-    xp = xp_of(x, w, b)
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    cols = im2col(x, KH, KW, stride, padding)                      # (C*KH*KW, OH*OW*N)
-    out = xp.reshape(w, (F, -1)) @ cols + xp.reshape(b, (F, 1))   # (F, OH*OW*N)
-    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    out = xp.permute_dims(xp.reshape(out, (F, OH, OW, N)), (3, 0, 1, 2))
-    return out, (x.shape, cols, w, stride, padding)
-
-
-def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
-    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
-
-    With W2 = w as (F, C*KH*KW) and D = dout as (F, OH*OW*N): dw = D @ cols^T, db = the sum of
-    D over its columns, and dx = col2im(W2^T @ D). dx is None when not input_grad; dw and db
-    are None when not param_grads (an attack needs only dx, and skips a matrix product).
-    The loops: nn/naive.py, conv2d_backward.
-    """
-    xp = xp_of(dout)
-    x_shape, cols, w, stride, padding = cache
-    F, C, KH, KW = w.shape
-    d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
-    dw = db = dx = None
-    if param_grads:
-        dw = xp.reshape((cols @ d2.T).T, w.shape)  # (D cols^T) computed as (cols D^T)^T: BLAS
-                                                   # is much faster with the long axis inside
-        db = xp.sum(d2, axis=1)
-    if input_grad:
-        dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
-    return dx, dw, db
-
-
-def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
-    """Transposed convolution: conv2d's input gradient, run as a forward pass (it upsamples).
-
-    x (N, C, H, W), w (C, F, KH, KW) (PyTorch's ConvTranspose2d layout), b (F,) ->
-    out (N, F, OH, OW), OH = (H - 1) stride - 2 padding + KH: the conv2d whose output x would be
-    carries each input value back onto its window. With W2 = w as (C, F*KH*KW) and X = x as
-    (C, H*W*N): out = col2im(W2^T @ X) + b, exactly conv2d_backward's dx. The loops:
-    nn/naive.py, conv_transpose2d_forward (and _backward).
-    """
-    xp = xp_of(x, w, b)
-    N, C, H, W = x.shape
-    _, F, KH, KW = w.shape
-    shape = (N, F, (H - 1) * stride - 2 * padding + KH, (W - 1) * stride - 2 * padding + KW)
-    X = xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (C, -1))
-    out = col2im(xp.reshape(w, (C, -1)).T @ X, shape, KH, KW, stride, padding)
-    return out + xp.reshape(b, (1, F, 1, 1)), (X, x.shape, w, stride, padding)
-
-
-def conv_transpose2d_backward(dout, cache, input_grad=True, param_grads=True):
-    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (C, F, KH, KW), db (F,): a convolution of
-    dout. With cols = im2col(dout) (F*KH*KW, H*W*N): dx = W2 @ cols, dw = X @ cols^T, db the
-    sum of dout over all but its channels."""
-    xp = xp_of(dout)
-    X, x_shape, w, stride, padding = cache
-    C, F, KH, KW = w.shape
-    N, _, H, W = x_shape
-    cols = im2col(dout, KH, KW, stride, padding)
-    dx = dw = db = None
-    if input_grad:
-        dx = xp.permute_dims(xp.reshape(xp.reshape(w, (C, -1)) @ cols, (C, H, W, N)),
-                             (3, 0, 1, 2))
-    if param_grads:
-        dw = xp.reshape(X @ cols.T, w.shape)
-        db = xp.sum(dout, axis=(0, 2, 3))
-    return dx, dw, db
-
+# --- channel concatenation ------------------------------------------------------------------
 
 def concat_forward(a, b):
     """Channels of a (N, Ca, H, W) then of b (N, Cb, H, W) -> (N, Ca + Cb, H, W): a U-Net's skip
@@ -167,59 +21,10 @@ def concat_backward(dout, channels):
     return dout[:, :channels, ...], dout[:, channels:, ...]
 
 
-# --- pooling ---------------------------------------------------------------------------------
-
-def max_pool2d_forward(x, kernel_size, stride):
-    """Maximum over each KxK window: x (N, C, H, W) -> out (N, C, OH, OW).
-
-    The maximum is taken over the K*K strided views x[:, :, i::stride, j::stride], one per
-    window offset (i, j); this covers overlapping and non-overlapping windows alike. The loops,
-    window by window: nn/naive.py, max_pool2d_forward (and _backward).
-    """
-    xp = xp_of(x)
-    N, C, H, W = x.shape
-    OH, OW = output_size(H, kernel_size, stride, 0), output_size(W, kernel_size, stride, 0)
-    out = None
-    for i in range(kernel_size):
-        for j in range(kernel_size):
-            v = x[:, :, _window(i, stride, OH), _window(j, stride, OW)]
-            out = v if out is None else xp.maximum(out, v)
-    return out, (x, out, kernel_size, stride)
-
-
-def max_pool2d_backward(dout, cache):
-    """dout (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes to its maximum.
-
-    On ties the first maximum in row-major window order takes it all (as in PyTorch): `rest` is
-    the gradient of the windows whose maximum has not been met yet, so the last offset takes
-    what is left without a comparison. Masks multiply (as 0/1 floats) rather than select with
-    `where`, which NumPy runs several times slower.
-    """
-    xp = xp_of(dout)
-    x, out, K, stride = cache
-    OH, OW = out.shape[2:]
-    H, W = x.shape[2:]
-    tiled = stride == K and H == K * OH and W == K * OW  # every element of x in one window
-    dx = (xp.empty_like if tiled else xp.zeros_like)(x)  # keeps x's memory order (see above)
-    rest = dout
-    offsets = [(_window(i, stride, OH), _window(j, stride, OW)) for i in range(K) for j in range(K)]
-    for n, (rows, cols) in enumerate(offsets):
-        if n == len(offsets) - 1:
-            share = rest
-        else:
-            share = rest * xp.astype(x[:, :, rows, cols] == out, dout.dtype)
-            rest = rest - share
-        if stride >= K:  # windows do not overlap: each input element is written once
-            dx[:, :, rows, cols] = share
-        else:
-            dx[:, :, rows, cols] += share
-    return dx
-
-
 # --- batch normalisation -----------------------------------------------------------------------
 # BatchNorm works on x as a (C, M) matrix, one row per channel holding its M = N*H*W values.
-# For a convolution's output (batch innermost in memory, see above) that matrix is a view, and
-# every statistic is a fast reduction along contiguous rows.
+# For a convolution's output (batch innermost in memory, see nn/conv.py) that matrix is a view,
+# and every statistic is a fast reduction along contiguous rows.
 
 def _channel_rows(x):
     """x (N, C) or (N, C, H, W) -> (C, M)."""
@@ -312,7 +117,7 @@ def dense_backward(dout, cache, input_grad=True, param_grads=True):
     xp = xp_of(dout)
     x, w = cache
     # dx as (w @ dout^T)^T: the same numbers, laid out batch-innermost like the forward pass's
-    # activations (see the convolution note), so the layers below mix no memory orders
+    # activations (see nn/conv.py's note on memory order), so the layers below mix no orders
     dx = (w @ dout.T).T if input_grad else None
     return (dx, x.T @ dout, xp.sum(dout, axis=0)) if param_grads else (dx, None, None)
 

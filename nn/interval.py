@@ -14,6 +14,7 @@ Backward: a loss on the margins' lower bounds reaches the parameters through bot
 dmu' = dlo' + dhi', dr' = dhi' - dlo'; the affine maps give dW from (mu, dmu') plus
 sign(W) * d|W| from (r, dr'); back in bounds, dlo = (dmu - dr) / 2, dhi = (dmu + dr) / 2.
 """
+from . import conv
 from . import functional as F
 from .backend import xp_of
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
@@ -43,12 +44,12 @@ def _affine(forward, backward, weight_keys):
 
 def _conv_forward(layer, x, absolute):
     xp, W, b = xp_of(x), layer.params["W"], layer.params["b"]
-    return F.conv2d_forward(x, xp.abs(W) if absolute else W, b * 0 if absolute else b,
+    return conv.conv2d_forward(x, xp.abs(W) if absolute else W, b * 0 if absolute else b,
                             layer.stride, layer.padding)
 
 
 def _conv_backward(layer, dout, cache):
-    dx, dw, db = F.conv2d_backward(dout, cache)
+    dx, dw, db = conv.conv2d_backward(dout, cache)
     return dx, {"W": dw, "b": db}
 
 
@@ -104,13 +105,13 @@ def _relu_backward(layer, dlo, dhi, cache):
 
 
 def _pool_forward(layer, lo, hi):
-    (lo2, lo_cache), (hi2, hi_cache) = (F.max_pool2d_forward(v, layer.kernel_size, layer.stride)
+    (lo2, lo_cache), (hi2, hi_cache) = (conv.max_pool2d_forward(v, layer.kernel_size, layer.stride)
                                         for v in (lo, hi))
     return lo2, hi2, (lo_cache, hi_cache)
 
 
 def _pool_backward(layer, dlo, dhi, cache):
-    return F.max_pool2d_backward(dlo, cache[0]), F.max_pool2d_backward(dhi, cache[1]), {}
+    return conv.max_pool2d_backward(dlo, cache[0]), conv.max_pool2d_backward(dhi, cache[1]), {}
 
 
 def _flatten_forward(layer, lo, hi):
@@ -160,7 +161,8 @@ def bounds_backward(layers, dlo, dhi, caches):
 
 
 def input_box(x, eps):
-    """The box of L-infinity radius eps around images x, inside [0, 1]: (lo, hi)."""
+    """The box of L-infinity radius eps around images x, inside [0, 1]: (lo, hi) like x; eps a
+    scalar or broadcastable against x (per image). The L-infinity attacks project onto it too."""
     xp = xp_of(x)
     return xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
 

@@ -5,11 +5,13 @@ Protocol of every layer:
     dx, grads = layer.backward(dout)  grads has the keys of layer.params; uses up the cache
     _, grads = layer.backward(dout, input_grad=False)   skips dx (None): the first layer in training
     dx, {} = layer.backward(dout, param_grads=False)    skips the parameter gradients: attacks
-The maths lives in `nn/functional.py`. Parameters are initialised on the host from a seeded
-`numpy.random.Generator` in float32; `Sequential.to(xp)` moves them to another array library.
+The maths lives in `nn/functional.py` and `nn/conv.py`. Parameters are initialised on the host
+from a seeded `numpy.random.Generator` in float32; `Sequential.to(xp)` moves them to another
+array library.
 """
 import numpy as np
 
+from . import conv
 from . import functional as F
 from .backend import device_of, xp_of
 
@@ -55,13 +57,13 @@ class Conv2d(Layer):
                        "b": np.zeros(out_channels, dtype=np.float32)}
 
     def forward(self, x):
-        out, cache = F.conv2d_forward(x, self.params["W"], self.params["b"],
+        out, cache = conv.conv2d_forward(x, self.params["W"], self.params["b"],
                                       self.stride, self.padding)
         self._remember(cache)
         return out
 
     def backward(self, dout, input_grad=True, param_grads=True):
-        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), input_grad, param_grads)
+        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), input_grad, param_grads)
         return dx, ({"W": dw, "b": db} if param_grads else {})
 
 
@@ -78,13 +80,13 @@ class ConvTranspose2d(Layer):
                        "b": np.zeros(out_channels, dtype=np.float32)}
 
     def forward(self, x):
-        out, cache = F.conv_transpose2d_forward(x, self.params["W"], self.params["b"],
+        out, cache = conv.conv_transpose2d_forward(x, self.params["W"], self.params["b"],
                                                 self.stride, self.padding)
         self._remember(cache)
         return out
 
     def backward(self, dout, input_grad=True, param_grads=True):
-        dx, dw, db = F.conv_transpose2d_backward(dout, self._take_cache(), input_grad,
+        dx, dw, db = conv.conv_transpose2d_backward(dout, self._take_cache(), input_grad,
                                                  param_grads)
         return dx, ({"W": dw, "b": db} if param_grads else {})
 
@@ -98,13 +100,13 @@ class MaxPool2d(Layer):
         self.stride = kernel_size if stride is None else stride
 
     def forward(self, x):
-        out, cache = F.max_pool2d_forward(x, self.kernel_size, self.stride)
+        out, cache = conv.max_pool2d_forward(x, self.kernel_size, self.stride)
         self._remember(cache)
         return out
 
     def backward(self, dout, input_grad=True, param_grads=True):
         cache = self._take_cache()
-        return (F.max_pool2d_backward(dout, cache) if input_grad else None), {}
+        return (conv.max_pool2d_backward(dout, cache) if input_grad else None), {}
 
 
 class _BatchNorm(Layer):

@@ -1,7 +1,7 @@
 """The readable versions: convolution, transposed convolution and max pooling as plain loops.
 
 Read these first. Each follows its definition index by index, forward and backward, on host
-NumPy arrays; `nn/functional.py` computes the same numbers fast (im2col, one matrix product,
+NumPy arrays; `nn/conv.py` computes the same numbers fast (im2col, one matrix product,
 strided slices, the batch innermost in memory), and `tests/test_gradients.py` checks the fast
 ones against these. Shapes: x (N, C, H, W), w (F, C, KH, KW) (transposed: (C, F, KH, KW)),
 b (F,), out and dout (N, F or C, OH, OW); s is the stride, p the padding.

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attacks import eval_mode
 from attacks.autopgd import apgd, apgd_run, apgd_targeted, checkpoints
 from attacks.iterative import put_rows, take_rows, uniform_start
 from helpers import assert_like
-from nn import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential
+from nn import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential, eval_mode
 from nn.gradcheck import as_float64
 from nn.losses import dlr_loss, softmax_cross_entropy
 from reference import apgd_one_image
@@ -109,6 +108,33 @@ def test_apgd_halves_steps_restarts_and_keeps_the_first_hit():
         np.testing.assert_allclose(got[i], expected, rtol=0, atol=1e-12)
     with eval_mode(MODEL64):
         assert np.all((np.argmax(MODEL64.forward(got), axis=1) != t) == found)
+
+
+def counting(model, monkeypatch):
+    """model, with a list that grows by one per forward pass."""
+    calls, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or forward(x))
+    return calls
+
+
+def test_apgd_stops_once_every_image_is_broken(monkeypatch):
+    """Images misclassified from the start cost one pass, not 1 + steps; a batch broken within
+    a few steps stops there, with what the per-image loop returns."""
+    x, t = batch(3, 9)
+    calls = counting(MODEL64, monkeypatch)
+    with eval_mode(MODEL64):
+        wrong = (np.argmax(MODEL64.forward(x), axis=1) + 1) % CLASSES
+    calls.clear()
+    got, found = apgd_run(MODEL64, x, wrong, 0.1, 50, "ce")
+    assert len(calls) == 1 and found.all()
+    np.testing.assert_array_equal(got, x)
+    calls.clear()
+    got, found = apgd_run(MODEL64, x, t, 1.0, 50, "ce")  # eps 1: every image falls at once
+    assert found.all() and len(calls) < 10
+    for i in range(len(x)):
+        expected, _ = apgd_one_image(value_and_grad(MODEL64, x, i, t[i], "ce"), x[i], t[i], 1.0,
+                                     50, x[i], halving="autoattack")
+        np.testing.assert_allclose(got[i], expected, rtol=0, atol=1e-12)
 
 
 @given(seed=seeds, eps=st.floats(0.05, 0.4), n_targets=st.integers(1, CLASSES - 1))

@@ -12,8 +12,9 @@ import pytest
 pytest.importorskip("starlette")
 
 import models  # noqa: E402
-from attacks import LabelOracle, hopskipjump, predict, square  # noqa: E402
+from attacks import LabelOracle, hopskipjump, square  # noqa: E402
 from data.mnist import load_mnist  # noqa: E402
+from nn import predict  # noqa: E402
 from test_serve import Server  # noqa: E402
 from web.api import Keys, Served, make_app  # noqa: E402
 from web.client import ApiError, ApiOracle  # noqa: E402
@@ -114,7 +115,7 @@ def test_decision_continues_an_interrupted_run(api, cli, tmp_path, monkeypatch):
     """Interrupted after its first image (the attack raises KeyboardInterrupt on the second),
     the same command continues from the CSV written after each image: the finished run has
     every image, and the first one's rows were not measured again."""
-    import experiments.decision as decision
+    import experiments.hopskipjump as decision
     url, _ = api
     argv = ("decision", "--model", "tiny", "--api", url, "--api-key", K, "--images", 6,
             "--budgets", 40, 80, "--norms", "l2", "--out", tmp_path)

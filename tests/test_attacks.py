@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from attacks import (
     adversarial_step,
+    adversarial_training,
     default_attacks,
-    eval_mode,
     evaluate,
     fgs,
     fgs_step,
@@ -28,13 +28,23 @@ from attacks import (
     noise_step,
     pgd,
     pgd_step,
-    predict,
     sign_noise,
     standard_step,
 )
-from attacks import training as training_module
 from helpers import assert_like
-from nn import SGD, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential, reference_cnn
+from nn import (
+    SGD,
+    BatchNorm2d,
+    Conv2d,
+    Dense,
+    Flatten,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    eval_mode,
+    predict,
+    reference_cnn,
+)
 from nn.backend import to_numpy
 from nn.gradcheck import as_float64
 from nn.losses import softmax_cross_entropy
@@ -635,8 +645,8 @@ def test_adversarial_step_adds_clean_and_fgs_gradients(monkeypatch):
     alpha = 0.3
 
     built_from = []
-    real_fgs_step = training_module.fgs_step
-    monkeypatch.setattr(training_module, "fgs_step",
+    real_fgs_step = adversarial_training.fgs_step
+    monkeypatch.setattr(adversarial_training, "fgs_step",
                         lambda x, grad, alpha: built_from.append(np.array(grad))
                         or real_fgs_step(x, grad, alpha))
     optimizer = RecordingOptimizer()
@@ -730,9 +740,9 @@ def test_every_attacks_module_is_reachable_by_its_dotted_path():
 
     import attacks
     names = [m.name for m in pkgutil.iter_modules(attacks.__path__)]
-    assert {"autopgd", "square_attack", "fab_attack", "evaluation"} <= set(names)
+    assert {"autopgd", "score_based", "minimum_norm", "evaluation"} <= set(names)
     for name in names:
         module = importlib.import_module(f"attacks.{name}")
         assert getattr(attacks, name) is module, name
-    with unittest.mock.patch("attacks.square_attack.HALVINGS", ()):
-        assert attacks.square_attack.p_schedule(9999, 10000) == 0.8
+    with unittest.mock.patch("attacks.score_based.HALVINGS", ()):
+        assert attacks.score_based.p_schedule(9999, 10000) == 0.8

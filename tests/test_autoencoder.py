@@ -17,14 +17,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import attack
-from attacks.autoencoder import autoencoder_attack, reconstruction_distance
-from experiments.autoencoder import train_epoch
+from attacks.autoencoder import autoencoder_attack, distance_and_gradient
 from helpers import assert_like
 from nn import Adam, Sequential, dense_autoencoder, reference_cnn
 from nn.backend import to_numpy
 from nn.checkpoint import save_checkpoint
 from nn.gradcheck import as_float64, directional_check, numerical_gradient, rel_error
 from nn.losses import mse_loss
+from training.autoencoder import train_epoch
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -96,6 +96,11 @@ def toy_case(seed, n=3):
     x = rng.random((n, 1, 28, 28), dtype=np.float32)
     target = ae.forward(rng.random((n, 1, 28, 28), dtype=np.float32))
     return ae, x, target
+
+
+def reconstruction_distance(ae, x, target):
+    """Per-image ||AE(x) - target||^2 (N,), in eval mode."""
+    return distance_and_gradient(ae, x, target)[0]
 
 
 @given(eps=st.floats(0.0, 0.5), steps=st.integers(1, 6), seed=seeds)

@@ -13,10 +13,9 @@ import pytest
 
 import attack
 import train
-from attacks import eval_mode, predict
 from attacks.blackbox import LabelOracle, QueryBudgetExceeded, ScoreOracle, jacobian_augmentation
 from helpers import assert_like
-from nn import Conv2d, Dense, Flatten, ReLU, Sequential, reference_cnn, softmax
+from nn import Conv2d, Dense, Flatten, ReLU, Sequential, eval_mode, predict, reference_cnn, softmax
 from nn.gradcheck import as_float64
 from test_attacks import random_bn_state
 

@@ -1,4 +1,4 @@
-"""Tests for attacks/ddn_attack.py: DDN, the minimum-norm L2 attack.
+"""Tests for attacks/minimum_norm.py: DDN, the minimum-norm L2 attack.
 
 - on a linear model the smallest L2 perturbation has a closed form, |margin| / ||w||_2 for two
   classes, min over the other classes j of (z_t - z_j) / ||w_t - w_j||_2 for ten (inside the
@@ -17,10 +17,10 @@ import json
 import numpy as np
 import pytest
 
-from attacks import eval_mode, targeted_pgd_l2
-from attacks.ddn_attack import ddn, ddn_run, l2_norms, margin_loss, noise_start
+from attacks import targeted_pgd_l2
+from attacks.minimum_norm import ddn, ddn_run, l2_norms, margin_loss, noise_start
 from helpers import assert_like
-from nn import Dense, Flatten, ReLU, Sequential
+from nn import Dense, Flatten, ReLU, Sequential, eval_mode
 from test_apgd import backend_case, batch, tiny_model
 from test_attacks import assert_state_equal, modes
 

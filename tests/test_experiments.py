@@ -14,7 +14,7 @@ import attack
 import train
 from data.mnist import load_mnist
 from test_train import PNG, SMALL, assert_one_sentence, read_rows
-from training import exercise
+from training import classifier
 
 
 def test_gallery(cli, checkpoint, tmp_path):
@@ -182,8 +182,8 @@ def test_pgd_training_warms_eps_up(cli, tmp_path, monkeypatch, warmup, expected)
 
     def recording(model, optimizer, x, t, eps, steps, rng):
         seen.append(eps)
-        return exercise.standard_step(model, optimizer, x, t)
-    monkeypatch.setattr(exercise, "pgd_step", recording)
+        return classifier.standard_step(model, optimizer, x, t)
+    monkeypatch.setattr(classifier, "pgd_step", recording)
     code, out, err = cli(*SMALL, "--mode", "pgd", "--pgd-warmup", warmup, "--epochs", 2,
                          "--out", tmp_path, main=train.main)
     assert code == 0, err
@@ -192,12 +192,12 @@ def test_pgd_training_warms_eps_up(cli, tmp_path, monkeypatch, warmup, expected)
 
 def test_train_halves_are_disjoint(cli, tmp_path, monkeypatch):
     seen = {}
-    epoch = exercise.train_epoch
+    epoch = classifier.train_epoch
 
     def recording(model, optimizer, step, images, labels, *args, **kwargs):
         seen[len(seen) + 1] = images
         return epoch(model, optimizer, step, images, labels, *args, **kwargs)
-    monkeypatch.setattr(exercise, "train_epoch", recording)
+    monkeypatch.setattr(classifier, "train_epoch", recording)
     for half in (1, 2):
         code, out, err = cli(*SMALL, "--epochs", 1, "--train-half", half,
                              "--out", tmp_path / str(half), main=train.main)
@@ -227,6 +227,12 @@ def test_every_help_opens_with_whole_sentences(cli, name):
     if name == "robust":
         assert description.endswith("over APGD-CE, APGD-T, FAB-T and Square, attack for attack "
                                      "and with AutoAttack's settings."), description
+
+
+@pytest.mark.parametrize("name, old", [("hopskipjump", "decision"), ("visualise", "inside")])
+def test_renamed_experiments_still_answer_to_their_old_names(name, old):
+    new, alias = attack.parse_args([name]), attack.parse_args([old])
+    assert alias.run is new.run and alias.out == new.out == Path("runs") / f"attack-{name}"
 
 
 def test_train_help_gives_defaults_but_never_none(cli):

@@ -1,4 +1,4 @@
-"""Tests for attacks/fab_attack.py: FAB-T and its exact L-infinity projection.
+"""Tests for attacks/minimum_norm.py: FAB-T and its exact L-infinity projection.
 
 - `project_linf` against a slow bisection on the piecewise-linear g(lam), feasible or not;
 - on a linear model the minimal L-infinity perturbation toward each class has a closed form
@@ -13,10 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attacks import eval_mode
-from attacks.fab_attack import fab_run, fab_targeted, project_linf
+from attacks.minimum_norm import fab_run, fab_targeted, project_linf
 from helpers import assert_like
-from nn import Dense, Flatten, ReLU, Sequential
+from nn import Dense, Flatten, ReLU, Sequential, eval_mode
 from nn.gradcheck import as_float64
 from test_apgd import CLASSES, backend_case, batch, tiny_model
 from test_attacks import assert_state_equal, modes, seeds

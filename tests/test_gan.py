@@ -19,8 +19,6 @@ import train_gan
 from attacks import standard_step
 from data.mnist import load_mnist
 from gan import (
-    class_histogram,
-    classifier_features,
     discriminator,
     discriminator_step,
     frechet_distance,
@@ -29,7 +27,7 @@ from gan import (
     generator_step,
 )
 from gan.classifier import load_classifier
-from gan.fid import coverage
+from gan.fid import class_fractions, coverage, features_and_classes
 from nn import SGD, Adam, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import load_checkpoint, save_checkpoint
@@ -292,9 +290,9 @@ def test_features_and_histogram_of_the_classifier(classifier):
     path, _ = classifier
     model = load_classifier(path, False, namespace_for("cpu"))
     images, labels = load_mnist("test", limit=50)
-    feats = classifier_features(model, images, batch_size=20)
+    feats, _ = features_and_classes(model, images, batch_size=20)
     assert feats.shape == (50, 1024) and feats.dtype == np.float64
-    fractions = class_histogram(model, images)
+    fractions = class_fractions(features_and_classes(model, images)[1])
     assert fractions.shape == (10,) and fractions.sum() == pytest.approx(1.0)
     assert coverage(np.array([0.5, 0.49, 0.01] + [0.0] * 7)) == 3
     assert coverage(np.array([0.995, 0.005] + [0.0] * 8)) == 1

@@ -18,8 +18,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from nn import functional as F
 from nn import losses, naive
+from nn.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
 from nn.layers import (
     BatchNorm1d,
@@ -100,7 +107,7 @@ def kink_pattern(x, layer):
     if isinstance(layer, ReLU):
         return x > 0
     if isinstance(layer, MaxPool2d):
-        out, _ = F.max_pool2d_forward(x, layer.kernel_size, layer.stride)
+        out, _ = max_pool2d_forward(x, layer.kernel_size, layer.stride)
         K, s, (OH, OW) = layer.kernel_size, layer.stride, out.shape[2:]
         return np.stack([x[:, :, i:i + s * (OH - 1) + 1:s, j:j + s * (OW - 1) + 1:s] == out
                          for i in range(K) for j in range(K)])
@@ -543,11 +550,11 @@ def test_conv2d_matches_loop_reference(case, seed):
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
                rng.standard_normal(Fo))
-    out, cache = F.conv2d_forward(x, w, b, stride, padding)
+    out, cache = conv2d_forward(x, w, b, stride, padding)
     np.testing.assert_allclose(out, naive.conv2d_forward(x, w, b, stride, padding),
                                rtol=1e-10, atol=1e-12)
     dout = rng.standard_normal(out.shape)
-    for fast, slow in zip(F.conv2d_backward(dout, cache),
+    for fast, slow in zip(conv2d_backward(dout, cache),
                           naive.conv2d_backward(dout, x, w, stride, padding)):
         assert fast.shape == slow.shape
         np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
@@ -561,11 +568,11 @@ def test_conv_transpose2d_matches_loop_reference(case, seed):
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((C, Fo, K, K)),
                rng.standard_normal(Fo))
-    out, cache = F.conv_transpose2d_forward(x, w, b, stride, padding)
+    out, cache = conv_transpose2d_forward(x, w, b, stride, padding)
     np.testing.assert_allclose(out, naive.conv_transpose2d_forward(x, w, b, stride, padding),
                                rtol=1e-10, atol=1e-12)
     dout = rng.standard_normal(out.shape)
-    for fast, slow in zip(F.conv_transpose2d_backward(dout, cache),
+    for fast, slow in zip(conv_transpose2d_backward(dout, cache),
                           naive.conv_transpose2d_backward(dout, x, w, stride, padding)):
         assert fast.shape == slow.shape
         np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
@@ -583,10 +590,10 @@ def test_max_pool2d_matches_loop_reference_with_ties(case, levels, seed):
     N, C, H, W, K, stride = case
     rng = np.random.default_rng(seed)
     x = tied_input(rng, (N, C, H, W), levels)
-    out, cache = F.max_pool2d_forward(x, K, stride)
+    out, cache = max_pool2d_forward(x, K, stride)
     np.testing.assert_array_equal(out, naive.max_pool2d_forward(x, K, stride))
     dout = rng.standard_normal(out.shape)
-    dx = F.max_pool2d_backward(dout, cache)
+    dx = max_pool2d_backward(dout, cache)
     np.testing.assert_allclose(dx, naive.max_pool2d_backward(dout, x, K, stride),
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.sum(dx), np.sum(dout), rtol=1e-10, atol=1e-10)
@@ -598,12 +605,12 @@ def test_max_pool2d_each_window_sends_its_gradient_to_one_first_maximum(case, le
     N, C, H, W, K, stride = case
     rng = np.random.default_rng(seed)
     x = tied_input(rng, (N, C, H, W), levels)
-    out, cache = F.max_pool2d_forward(x, K, stride)
+    out, cache = max_pool2d_forward(x, K, stride)
     for index in np.ndindex(*out.shape):
         n, c, oh, ow = index
         dout = np.zeros(out.shape)
         dout[index] = 2.5
-        dx = F.max_pool2d_backward(dout, cache)
+        dx = max_pool2d_backward(dout, cache)
         (hits,) = np.nonzero(dx.ravel())
         assert len(hits) == 1 and dx.ravel()[hits[0]] == 2.5
         _, _, r, s = np.unravel_index(hits[0], dx.shape)
@@ -614,8 +621,8 @@ def test_max_pool2d_each_window_sends_its_gradient_to_one_first_maximum(case, le
 
 def test_max_pool2d_all_zero_input_takes_top_left_of_each_window():
     x = np.zeros((1, 1, 4, 4))
-    out, cache = F.max_pool2d_forward(x, 2, 2)
-    dx = F.max_pool2d_backward(np.ones(out.shape), cache)
+    out, cache = max_pool2d_forward(x, 2, 2)
+    dx = max_pool2d_backward(np.ones(out.shape), cache)
     expected = np.zeros((4, 4))
     expected[::2, ::2] = 1.0
     np.testing.assert_array_equal(dx[0, 0], expected)
@@ -897,9 +904,9 @@ def test_conv2d_matches_pytorch(case, seed):
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
                rng.standard_normal(Fo))
-    out, cache = F.conv2d_forward(x, w, b, stride, padding)
+    out, cache = conv2d_forward(x, w, b, stride, padding)
     dout = rng.standard_normal(out.shape)
-    dx, dw, db = F.conv2d_backward(dout, cache)
+    dx, dw, db = conv2d_backward(dout, cache)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     out_t = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=padding)
     out_t.backward(torch.tensor(dout))
@@ -914,9 +921,9 @@ def test_max_pool2d_ties_match_pytorch(case, levels, seed):
     N, C, H, W, K, stride = case
     rng = np.random.default_rng(seed)
     x = tied_input(rng, (N, C, H, W), levels)
-    out, cache = F.max_pool2d_forward(x, K, stride)
+    out, cache = max_pool2d_forward(x, K, stride)
     dout = rng.standard_normal(out.shape)
-    dx = F.max_pool2d_backward(dout, cache)
+    dx = max_pool2d_backward(dout, cache)
     xt = torch.tensor(x, requires_grad=True)
     out_t = torch.nn.functional.max_pool2d(xt, K, stride)
     out_t.backward(torch.tensor(dout))
@@ -961,5 +968,5 @@ def test_backward_without_param_grads_gives_the_same_input_gradient(train):
     assert grads and none == {}
     np.testing.assert_array_equal(dx_only, dx)
     conv = model.layers[0]  # the maths skips them too, not only the layer's dict
-    out, cache = F.conv2d_forward(x, conv.params["W"], conv.params["b"], conv.stride, conv.padding)
-    assert F.conv2d_backward(np.ones_like(out), cache, param_grads=False)[1:] == (None, None)
+    out, cache = conv2d_forward(x, conv.params["W"], conv.params["b"], conv.stride, conv.padding)
+    assert conv2d_backward(np.ones_like(out), cache, param_grads=False)[1:] == (None, None)

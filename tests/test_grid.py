@@ -18,7 +18,8 @@ import pytest
 import grid
 from nn.checkpoint import load_checkpoint
 from training.grid import plan
-from training.report import BLOCK, findings, readme_block
+from training.readme import BLOCK, readme_block
+from training.report import findings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "grid"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -441,7 +442,7 @@ def test_the_fashion_grid_names_its_dataset_and_eps(tmp_path):
     args = grid.parse_args(["run", "--dataset", "fashion-mnist", "--seeds", "0", "--modes",
                             "adversarial", "--bn", "no", "--reference-epochs", "0"])
     assert args.runs is None and args.eps is None
-    from training.exercise import parse_args
+    from training.classifier import parse_args
     from training.grid import plan
     (run,) = plan(["adversarial"], [False], [0], 20, ["--dataset", "fashion-mnist", "--alpha",
                                                         "0.1", "--fgv-alpha", "0.2",
@@ -450,6 +451,16 @@ def test_the_fashion_grid_names_its_dataset_and_eps(tmp_path):
     flags = parse_args(run.flags)
     assert (flags.dataset, flags.alpha, flags.fgv_alpha, flags.noise_alpha) == \
         ("fashion-mnist", 0.1, 0.2, 0.1)
+
+
+def test_the_grid_passes_its_data_and_device_flags_to_every_run():
+    from training.classifier import parse_args
+    args = grid.parse_args(["run", "--dataset", "fashion-mnist", "--device", "gpu",
+                            "--pgd-images", "10", "--", "--batch-size", "32"])
+    flags = parse_args(grid.run_flags(args))
+    assert (flags.dataset, flags.device, flags.pgd_images, flags.batch_size, flags.alpha) == \
+        ("fashion-mnist", "gpu", 10, 32, 0.1)
+    assert parse_args(grid.run_flags(grid.parse_args(["run"]))).device == "cpu"
 
 
 def two_datasets(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for attacks/hopskipjump_attack.py: the decision-based attack.
+"""Tests for attacks/decision_based.py: the decision-based attack.
 
 - On a linear two-class model the smallest perturbations have closed forms (|margin| / ||w||_2 in
   L2, |margin| / ||w||_1 in L-infinity, inside the box): HopSkipJump, asking only for labels,
@@ -18,9 +18,8 @@ import math
 import numpy as np
 import pytest
 
-from attacks import LabelOracle, predict, standard_step
-from attacks.evaluation import batch_slices
-from attacks.hopskipjump_attack import (
+from attacks import LabelOracle, standard_step
+from attacks.decision_based import (
     Probe,
     budget_curve,
     estimate_direction,
@@ -28,7 +27,7 @@ from attacks.hopskipjump_attack import (
     probe_radius,
     step_search,
 )
-from nn import SGD, Dense, Flatten, ReLU, Sequential
+from nn import SGD, Dense, Flatten, ReLU, Sequential, batch_slices, predict
 
 
 def no_gradient(*args, **kwargs):

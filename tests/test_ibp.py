@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import train
-from attacks import certify, ibp_step, predict
+from attacks import certify, ibp_step
 from data.mnist import load_mnist
-from nn import SGD, reference_cnn
+from nn import SGD, predict, reference_cnn
 from nn.interval import margins
 from nn.losses import softmax_cross_entropy
 from test_train import call

@@ -1,11 +1,11 @@
-"""Tests for `attack.py inside`: class visualisations raise their logit, unit stimuli raise
+"""Tests for `attack.py visualise`: class visualisations raise their logit, unit stimuli raise
 their unit, the judge is trained on the other half only, and a tiny real run writes every
 number and figure."""
 import json
 
 import numpy as np
 
-from experiments.inside import class_images, logit_gradient, spearman, unit_stimuli
+from experiments.visualise import class_images, logit_gradient, spearman, unit_stimuli
 from nn import Sequential, reference_cnn
 from nn.gradcheck import as_float64
 
@@ -43,7 +43,7 @@ def test_rank_correlation():
 
 
 def test_inside_runs_and_its_judge_never_saw_what_it_judges(cli, checkpoint, tmp_path):
-    code, out, err = cli("inside", "--checkpoint", checkpoint, "--out", tmp_path / "in",
+    code, out, err = cli("visualise", "--checkpoint", checkpoint, "--out", tmp_path / "in",
                          "--images", 10, "--steps", 3, "--epochs", 1, "--train-limit", 200,
                          "--test-limit", 20)
     assert code == 0, err

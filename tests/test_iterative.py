@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attacks import (
-    eval_mode,
     evaluate,
     fgs,
     fooling_images,
@@ -25,7 +24,7 @@ from attacks import (
 )
 from attacks.evaluation import default_attacks
 from helpers import assert_like
-from nn import softmax
+from nn import eval_mode, softmax
 from nn.backend import to_numpy
 from test_attacks import MODELS, backend_case, images, linear_model, mean_loss, random_batch, seeds
 
@@ -162,6 +161,22 @@ def test_keep_first_returns_the_first_successful_iterate(seed, bn, steps, target
                                   expected)
 
 
+def test_pgd_stops_once_every_image_has_succeeded(monkeypatch):
+    """A batch that every iterate already breaks costs one pass, not steps + 1 (keep_first);
+    without keep_first (PGD training's last iterate) every step runs."""
+    model = MODELS[False]
+    x, t = random_batch(4, 6)
+    with eval_mode(model):
+        wrong = (np.argmax(model.forward(x), axis=1) + 1) % 10
+    calls, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or forward(x))
+    np.testing.assert_array_equal(pgd(model, x, wrong, eps=0.3, steps=20), x)
+    assert len(calls) == 1
+    calls.clear()
+    pgd(model, x, wrong, eps=0.3, steps=20, keep_first=False)
+    assert len(calls) == 20
+
+
 @given(seed=seeds, bn=st.booleans())
 def test_pgd_raises_the_loss_and_targeted_pgd_lowers_the_target_loss(seed, bn):
     model = MODELS[bn]
@@ -244,9 +259,9 @@ def test_iterative_attacks_never_need_float64():
 
 
 def test_l2_targeted_pgd_stays_in_its_ball_and_the_box_and_reaches_targets():
-    from attacks import predict, targeted_pgd_l2
+    from attacks import targeted_pgd_l2
     from data.mnist import load_mnist
-    from nn import reference_cnn
+    from nn import predict, reference_cnn
     model = reference_cnn(rng=np.random.default_rng(0)).eval()
     x, t = load_mnist("test", limit=16)
     target = (t + 1) % 10

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from attacks import predict, standard_step
-from attacks.evaluation import batch_slices
-from nn import SGD, reference_cnn
+from attacks import standard_step
+from nn import SGD, batch_slices, predict, reference_cnn
 
 
 @pytest.mark.slow

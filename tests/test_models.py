@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import models
-from attacks import predict
+from attacks import certify
 from data.mnist import load_mnist
 from experiments.common import load_model
 from models import build
+from nn import predict
 from test_train import SMALL, assert_one_sentence
 
 SHIPPED = {"FOLDER": models.FOLDER, "MANIFEST": models.MANIFEST, "MODELS": models.MODELS}
@@ -45,7 +46,11 @@ def test_build_trains_exports_measures_and_writes_the_manifest(tiny, capsys):
     assert build.main(["--table"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith(f"| tiny | 1 | {100 * entry['clean']:.1f} | ")
-    assert row.endswith(f"| **{100 * entry['robust']:.1f}** ± {100 * entry['robust_se']:.1f} |")
+    assert row.endswith(f"| **{100 * entry['robust']:.1f}** ± {100 * entry['robust_se']:.1f} | "
+                        f"{100 * entry['certified']:.1f} |")
+    # proven robust (interval bounds) on the same images: a lower bound of the worst case
+    x8, t8 = load_mnist("test", limit=8)
+    assert entry["certified"] == np.mean(certify(model, x8, t8, 0.3)) <= entry["robust"]
 
 
 def test_a_changed_file_fails_its_sha256_in_one_sentence(tiny, tmp_path):

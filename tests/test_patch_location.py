@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from attacks import predict
 from attacks.universal import paste_at, per_image_patches, train_patch_at
 from data.mnist import load_mnist
 from experiments.common import load_model
+from nn import predict
 from nn.backend import namespace_for
 
 

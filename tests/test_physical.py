@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments.physical import ATTACKS, destruction_rate
+from experiments.common import destruction_rate
+from experiments.physical import ATTACKS
 from nn.transforms import FAMILIES
 
 

@@ -33,9 +33,9 @@ uvicorn = pytest.importorskip("uvicorn")
 from PIL import Image  # noqa: E402
 
 import serve  # noqa: E402
-from attacks import predict  # noqa: E402
+from attacks import certify  # noqa: E402
 from data.mnist import load_mnist  # noqa: E402
-from nn import reference_cnn  # noqa: E402
+from nn import predict, reference_cnn  # noqa: E402
 from web.api import Keys, Limits, Served, make_app  # noqa: E402
 from web.ledger import SQLiteLedger  # noqa: E402
 from web.server import bind, uvicorn_config  # noqa: E402
@@ -432,6 +432,24 @@ def test_the_attack_endpoint_returns_what_the_page_draws(server, images, attack)
     assert r["label_before"] == int(np.argmax(r["probs_before"]))
     assert abs(sum(r["probs_after"]) - 1) < 1e-6
     assert call(server[0].url, "/api/v1/usage")[1]["queries"] == before  # no key, no charge
+
+
+def test_the_attack_endpoint_says_when_the_bounds_prove_the_reading(server, images, model):
+    """certified is the interval bounds' verdict on the model's own reading, for that eps: true
+    at eps 0, and never true where the attack beside it changed the reading."""
+    x, _ = images
+    seen = set()
+    for i, eps in [(0, 0.0), (0, 0.002), (1, 0.002), (2, 0.05), (3, 0.3)]:
+        status, r = call(server[0].url, "/api/v1/attack", {"image": x[i, 0].tolist(),
+                                                           "attack": "pgd", "eps": eps}, key=None)
+        assert status == 200 and isinstance(r["certified"], bool)
+        label = np.array([r["label_before"]])
+        assert r["certified"] == bool(certify(model, x[i:i + 1], label, eps)[0])
+        assert not (r["certified"] and r["label_after"] != r["label_before"])
+        if eps == 0.0:
+            assert r["certified"]
+        seen.add(r["certified"])
+    assert seen == {True, False}  # both verdicts occur: the field is not a constant
 
 
 def test_the_page_is_rate_limited_per_address(model):

@@ -1,4 +1,4 @@
-"""Tests for attacks/square_attack.py: the Square attack, which sees a model only through a
+"""Tests for attacks/score_based.py: the Square attack, which sees a model only through a
 ScoreOracle.
 
 - no gradient: it breaks an easy model whose every backward raises;
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attacks import ScoreOracle, eval_mode, square
-from attacks.square_attack import margins, p_schedule
+from attacks import ScoreOracle, square
+from attacks.score_based import margins, p_schedule
 from helpers import assert_like
-from nn import Dense, Flatten, Sequential
+from nn import Dense, Flatten, Sequential, eval_mode
 from test_apgd import backend_case, batch, tiny_model
 from test_attacks import seeds
 

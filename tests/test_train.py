@@ -24,7 +24,7 @@ from attacks import default_attacks, evaluate, standard_step
 from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
 from nn.checkpoint import CheckpointError, load_checkpoint, section
-from training import exercise
+from training import classifier
 from training.plots import run_label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -381,7 +381,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(cli, base_copy, monkeypatc
         calls.append(1)
         return float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(exercise, "standard_step", nan_on_second_batch)
+    monkeypatch.setattr(classifier, "standard_step", nan_on_second_batch)
     code, _, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 1
     assert_one_sentence(err, "the training loss became nan in epoch 2/2, batch 2")
@@ -403,7 +403,7 @@ def test_weights_broken_by_the_last_step_are_not_saved(cli, base_copy, monkeypat
                 p[...] = np.nan
         return loss
 
-    monkeypatch.setattr(exercise, "standard_step", poison_last_step)
+    monkeypatch.setattr(classifier, "standard_step", poison_last_step)
     code, _, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 1
     assert_one_sentence(err, "the weights became infinite or NaN in epoch 2/2")
@@ -427,7 +427,7 @@ def test_interrupt_keeps_the_last_checkpoint(cli, base_copy, monkeypatch):
     def interrupted(model, optimizer, x, t):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(exercise, "standard_step", interrupted)
+    monkeypatch.setattr(classifier, "standard_step", interrupted)
     code, _, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 130
     assert "Traceback" not in err and "continue with --resume" in err
@@ -454,6 +454,12 @@ def test_plot_overlays_runs(plot_cli, runs, tmp_path):
     assert out_png.read_bytes().startswith(PNG)
     assert str(out_png) in out
     assert run_label(runs["bn"]) == "standard, BN"
+
+
+def test_plot_out_is_a_folder(plot_cli, runs, tmp_path):
+    code, out, err = plot_cli(runs["base"], "--out", tmp_path / "figs", "--name", "a.png")
+    assert code == 0 and err == "" and f"wrote {tmp_path / 'figs' / 'a.png'}" in out
+    assert (tmp_path / "figs" / "a.png").read_bytes().startswith(PNG)
 
 
 @pytest.mark.parametrize("content", [None, ",".join(COLUMNS) + "\n"], ids=["missing", "empty"])
@@ -553,8 +559,8 @@ def test_train_on_fashion_mnist_names_the_dataset(cli, tmp_path, monkeypatch):
 
 def test_eps_names_the_radius_and_alpha_stays_its_alias():
     """One vocabulary across the commands: --eps; the exercise's --alpha still works."""
-    assert exercise.parse_args(["--eps", "0.1"]).alpha == 0.1
-    assert exercise.parse_args(["--alpha", "0.2"]).alpha == 0.2
+    assert classifier.parse_args(["--eps", "0.1"]).alpha == 0.1
+    assert classifier.parse_args(["--alpha", "0.2"]).alpha == 0.2
     import attack
     assert attack.parse_args(["fooling", "--eps", "0.2"]).alpha == 0.2
     assert attack.parse_args(["gallery", "--alpha", "0.1"]).alpha == 0.1

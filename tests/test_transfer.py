@@ -11,9 +11,10 @@ import pytest
 from array_api_compat import numpy as xnp
 
 import attack
-from attacks import fgs, predict
+from attacks import fgs
 from data.mnist import load_mnist
 from experiments.common import load_model
+from nn import predict
 
 TINY = ["--train-limit", "200", "--test-limit", "20", "--epochs", "1", "--images", "20",
         "--steps", "2"]

@@ -165,8 +165,9 @@ def test_eot_with_the_identity_is_pgd():
 
 
 def test_the_expected_gradient_averages_gradients_through_fresh_transformations():
-    from attacks.gradient import eval_mode, input_gradient
+    from attacks.gradient import input_gradient
     from attacks.iterative import expected_gradient
+    from nn import eval_mode
     model, x, t = eot_case()
     family = print_and_photograph()
     with eval_mode(model):

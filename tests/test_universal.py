@@ -8,7 +8,6 @@ universal perturbation stays in its ball and fools; every backend.
 import numpy as np
 import pytest
 
-from attacks import predict
 from attacks.universal import (
     paste,
     patch_canvas,
@@ -19,6 +18,7 @@ from attacks.universal import (
 )
 from experiments.common import load_model
 from helpers import assert_like
+from nn import predict
 from nn.gradcheck import numerical_gradient
 from nn.transforms import warp_forward
 
@@ -59,9 +59,8 @@ def test_train_patch_lowers_the_targets_loss_on_held_out_images_and_placements(m
     """40 steps of train_patch (14x14, target 3) on 300 training digits: on 200 test digits with
     placements it never saw, the target's cross-entropy falls from its starting patch's (3.76 to
     3.05) and the share of digits read as 3 rises (4.5% to 15.5%)."""
-    from attacks.gradient import eval_mode
     from data.mnist import load_mnist
-    from nn import softmax_cross_entropy
+    from nn import eval_mode, softmax_cross_entropy
     x, _ = load_mnist("train", limit=300)
     test_x, _ = load_mnist("test", limit=200)
     theta = placements(np.random.default_rng(1), 200, 14)

@@ -1,4 +1,5 @@
-"""What every command line shares: argparse value parsers, the help formatter, the error wrapper.
+"""What every command line shares: argparse value parsers, the data flags, the help formatter, the
+error wrapper.
 
 Each entry point (train.py, train_gan.py, attack.py, grid.py) parses its flags with these and
 runs through `run_cli`, so a known error is one sentence and exit 1, and Ctrl-C is exit 130.
@@ -6,8 +7,9 @@ runs through `run_cli`, so a known error is one sentence and exit 1, and Ctrl-C 
 import argparse
 import math
 import sys
+from pathlib import Path
 
-from data.mnist import MNISTError
+from data.mnist import DATASETS, MNISTError
 from nn.backend import DeviceError, reuse_host_memory
 
 
@@ -53,6 +55,19 @@ def float_in(low, high, low_open=False, high_open=False):
 
 
 positive_float = float_in(0, math.inf, low_open=True, high_open=True)
+
+
+def add_data_flags(parser, data_dir=None, dataset=None, device=True):
+    """Add the flags that say where the images come from and where the work runs, in this order,
+    each with the calling command's help: --dataset (MNIST by default; only when its help
+    `dataset` is given), --data-dir (a folder; only when its help `data_dir` is given) and
+    --device cpu|gpu (cpu by default; unless device=False)."""
+    if dataset is not None:
+        parser.add_argument("--dataset", choices=DATASETS, default="mnist", help=dataset)
+    if data_dir is not None:
+        parser.add_argument("--data-dir", type=Path, help=data_dir)
+    if device:
+        parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

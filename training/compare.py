@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .cli import RunError
-from .plots import plt
-from .report import ORDER, dataset_of, fmt, label, load_runs, write_block
+from .plots import plt, save_figure
+from .readme import write_block
+from .report import ORDER, dataset_of, fmt, label, load_runs
 
 COLUMNS = (("clean_acc", "clean"), ("fgs_robust_acc", "FGS"), ("fgv_robust_acc", "FGV"),
            ("pgd_robust_acc", "PGD-20"))
@@ -143,9 +144,7 @@ def figure(grids, cases, path):
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("accuracy over all test images (%)")
     fig.legend(loc="upper center", ncol=len(grids))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100, rect=(0, 0, 1, 0.93))
 
 
 def write_comparison(runs, robust, out, readme=None):

@@ -19,8 +19,8 @@ import signal
 import uuid
 from pathlib import Path
 
+from .classifier import default_name, parse_args
 from .cli import TrainingError
-from .exercise import default_name, parse_args
 from .grid_task import TOPIC, train_run
 from .run_folder import checkpoint_epochs, has_checkpoint, metrics_rows
 

@@ -1,8 +1,8 @@
 """The training loop every model of the project goes through: batches, progress, NaN guard.
 
 `train_epoch` runs one shuffled pass of any optimizer step (the exercise's steps in
-attacks/training.py, or the classifier that scores the GAN); `run_epochs` times the training and
-the evaluation of each epoch and hands the growing history to the caller to save.
+attacks/adversarial_training.py, or the classifier that scores the GAN); `run_epochs` times the
+training and the evaluation of each epoch and hands the growing history to the caller to save.
 """
 import math
 import sys
@@ -11,9 +11,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from attacks.evaluation import batch_slices
-from nn import first_param
-from nn.backend import to_device, xp_of
+from nn import batch_slices, first_param, on_model
+from nn.backend import xp_of
 
 from .cli import TrainingError
 
@@ -45,7 +44,6 @@ def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc, d
     images (N, 1, 28, 28), labels (N,) on the host; step(model, optimizer, x, t, progress) -> loss
     with progress the epochs completed so far in fractions (0.5 is half the first epoch).
     """
-    like = first_param(model)
     order = rng.permutation(len(images))
     model.train()
     total, seen = 0.0, 0
@@ -54,8 +52,8 @@ def train_epoch(model, optimizer, step, images, labels, batch_size, rng, desc, d
             idx = order[s]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 # a diverging step overflows inside the model: the check below says so once
-                loss = float(step(model, optimizer, to_device(images[idx], like),
-                                  to_device(labels[idx], like), done + s.start / len(order)))
+                loss = float(step(model, optimizer, on_model(model, images[idx]),
+                                  on_model(model, labels[idx]), done + s.start / len(order)))
             check_loss(loss, "training loss", desc, s.start // batch_size + 1)
             total, seen = total + loss * len(idx), seen + len(idx)
             bar.update(len(idx))

@@ -16,6 +16,16 @@ CURVES = (("clean_acc", "clean", "-"), ("fgs_acc", "FGS", "--"), ("fgv_acc", "FG
           ("pgd_acc", "PGD", "-."), ("certified_acc", "certified", (0, (6, 2, 1, 2, 1, 2))))
 
 
+def save_figure(fig, path, dpi=110, tight=True, rect=None):
+    """Write figure `fig` to `path` (PNG) at `dpi` and close it. First its subplots are fitted
+    (tight_layout, within rect = (left, bottom, right, top) in figure fractions if given),
+    unless tight is False: the caller placed them."""
+    if tight:
+        fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def read_metrics(run_dir):
     """Columns of run_dir/metrics.csv as a dict name -> list of floats."""
     path = Path(run_dir) / "metrics.csv"
@@ -59,6 +69,4 @@ def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=1 + (len(run_dirs) > 2))
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_path)

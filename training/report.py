@@ -5,7 +5,6 @@ Runs are grouped into variants by the (mode, bn) of their settings.json; a varia
 epoch is the mean over the seeds that reached it. No training happens here.
 """
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from .cli import RunError
-from .plots import plt, read_metrics
+from .plots import plt, read_metrics, save_figure
 from .run_folder import has_checkpoint
 
 MEASURES = (("clean_acc", "clean"), ("fgs_acc", "FGS"), ("fgv_acc", "FGV"), ("pgd_acc", "PGD"))
@@ -35,8 +34,6 @@ Published reference points (other networks, so only the direction compares):
 - Wong and Kolter 2018 (their Table 2), Fashion-MNIST, eps 0.1, a small CNN: trained normally,
   9.4% clean error and 81.9% under PGD (18.1% accuracy); trained to be provably robust, 21.7%
   clean error (78.3% accuracy), 31.6% under PGD (68.4%), 34.5% certified (65.5%)."""}
-BLOCK = ("<!-- grid.py report --readme writes from here -->",
-         "<!-- grid.py report --readme writes up to here -->")
 
 
 def load_runs(folder):
@@ -213,9 +210,7 @@ def figure(variants, path, measures, title):
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_report(runs, out, wanted=(1, 5, 10, 25, 50)):
@@ -258,49 +253,3 @@ def seed_list(variants):
     """'seed 0' or 'seeds 0, 1, 2': the seeds of any variant."""
     seeds = sorted({s for v in variants.values() for s in v})
     return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
-
-
-def link(target, base):
-    """The path of file `target` as a link from a page in folder `base`: through base's own
-    entries where they lead there (docs/results is a link to ../results, and a docs page may
-    link only inside docs/), else relative."""
-    rel = Path(os.path.relpath(target, base))
-    inside = Path(*[p for p in rel.parts if p != ".."])
-    if rel.parts[0] == ".." and (Path(base) / inside).resolve() == Path(target).resolve():
-        return inside.as_posix()
-    return rel.as_posix()
-
-
-def readme_block(runs, out, base):
-    """The lines between the BLOCK markers of a README in folder `base`: the accuracy figure of
-    the report in `out` and every variant's row at its last epoch, from the runs in `runs`."""
-    variants, _ = load_runs(runs)
-    figure_path, report = (link(Path(out) / name, base) for name in ("accuracy.png",
-                                                                       "README.md"))
-    return [f"![accuracy of every variant over the epochs, mean over seeds]({figure_path})", "",
-            f"Every variant at its last epoch ({seed_list(variants)}: mean ± standard deviation "
-            f"where several reached it, and each seed's value where they lie 10 points or more "
-            f"apart, in %; made by `python grid.py report`, whose "
-            f"[report]({report}) has the other epochs and the findings):", "",
-            *table(variants, ())]
-
-
-def write_block(readme, markers, lines):
-    """Rewrite the lines between the two `markers` lines of file `readme` with `lines`;
-    RunError in one sentence if it cannot be read or lacks the markers."""
-    readme = Path(readme)
-    try:
-        text = readme.read_text()
-    except OSError as exc:
-        raise RunError(f"cannot read {readme}: {exc.strerror}") from None
-    start, end = text.find(markers[0]), text.find(markers[1])
-    if start < 0 or end < start:
-        raise RunError(f"{readme} has no block to write: it needs the line {markers[0]} and, "
-                       f"below it, {markers[1]}")
-    readme.write_text(text[:start + len(markers[0])] + "\n" + "\n".join(lines) + "\n"
-                      + text[end:])
-
-
-def update_readme(readme, runs, out):
-    """Rewrite the lines between the two BLOCK markers of `readme` with readme_block."""
-    write_block(readme, BLOCK, readme_block(runs, out, Path(readme).parent))

@@ -44,8 +44,8 @@ from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from attacks import eval_mode, fgs, fgv, pgd, predict, targeted_pgd
-from nn import softmax
+from attacks import certify, fgs, fgv, pgd, targeted_pgd
+from nn import eval_mode, predict, softmax
 from web.guard import Guard, RateLimit
 from web.inputs import ApiError, parse_attack, parse_predict, read_body
 from web.ledger import BudgetSpent, MemoryLedger, key_id
@@ -135,12 +135,14 @@ class Served:
         return softmax(logits)
 
     def attack(self, x, name, eps, target):
-        """(adversarial image (28, 28), probabilities before (10,), after (10,)) of one attack
-        on one host image (1, 1, 28, 28): it pushes the model's own clean prediction away
-        (toward `target` if targeted)."""
+        """(adversarial image (28, 28), probabilities before (10,), after (10,), certified) of
+        one attack on one host image (1, 1, 28, 28): it pushes the model's own clean prediction
+        away (toward `target` if targeted); certified: interval bounds prove that no image
+        within eps of x (inside [0, 1]) changes that prediction, so no attack at eps can."""
         with self.lock:
             model = self.model
             label = predict(model, x)
+            proven = bool(certify(model, x, label, eps)[0])
             if name == "fgs":
                 adv = fgs(model, x, label, eps)
             elif name == "fgv":
@@ -152,7 +154,7 @@ class Served:
             model.clear_caches()
         adv = np.asarray(adv, dtype=np.float32)
         before, after = self.probs(np.concatenate([x, adv]))
-        return adv[0, 0], before, after
+        return adv[0, 0], before, after, proven
 
 
 def make_app(served, keys=None, budget=None, ledger=None, limits=Limits(), seeds=None,
@@ -251,12 +253,12 @@ def make_app(served, keys=None, budget=None, ledger=None, limits=Limits(), seeds
             name, attack_, eps, target, x = await parsed(request, parse_attack, names)
             model = served[name]
             async with gates[name].place() as turn, turn:
-                adv, before, after = await run_in_threadpool(model.attack, x, attack_, eps,
-                                                             target)
+                adv, before, after, proven = await run_in_threadpool(model.attack, x, attack_,
+                                                                     eps, target)
         return JSONResponse({"adversarial": adv.tolist(), "perturbation": (adv - x[0, 0]).tolist(),
                              "probs_before": before.tolist(), "probs_after": after.tolist(),
                              "label_before": int(before.argmax()),
-                             "label_after": int(after.argmax())})
+                             "label_after": int(after.argmax()), "certified": proven})
 
     async def drain(request):
         with contextlib.suppress(Exception), anyio.move_on_after(limits.body_seconds):

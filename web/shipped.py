@@ -2,8 +2,9 @@
 import numpy as np
 
 import models
-from attacks import default_attacks, evaluate, predict
+from attacks import default_attacks, evaluate
 from data.mnist import load_mnist
+from nn import predict
 
 
 def served_models(names, images=1000):

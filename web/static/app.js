@@ -66,7 +66,8 @@ function modelCard(m) {
                                     `PGD-20 at eps ${m.eps}: ${pct(m.pgd20)}`));
   const pair = element("div", "pair");
   pair.append(figure("adversarial", "attacked"), figure("perturbation", "perturbation"));
-  card.append(pair, element("p", "reads", "-"), element("p", "verdict", "-"));
+  card.append(pair, element("p", "reads", "-"), element("p", "verdict", "-"),
+              element("p", "proof", "-"));
   return card;
 }
 
@@ -91,6 +92,11 @@ function show(shown, seed, image, answers) {
     const v = verdict(truth, before, after), out = card.querySelector(".verdict");
     out.textContent = v;
     out.dataset.verdict = v === FOOLED ? "fooled" : v === RIGHT ? "right" : "wrong";
+    // the interval bounds' proof (nn/interval.py): no image within eps can change the reading
+    const proof = card.querySelector(".proof");
+    proof.textContent = r.certified ? `certified at this eps: no change within ${shown.eps.toFixed(2)} alters ${before}`
+                                    : "not certified at this eps";
+    proof.dataset.certified = String(r.certified);
     return `${NAMES[m.name] || m.name} ${v}` + (v === RIGHT ? "" : ` (reads ${after})`);
   });
   const what = $("attack").querySelector(`[value="${shown.attack}"]`).textContent.split(":")[0];
@@ -110,6 +116,8 @@ function waitForDrawing() {
     const out = card.querySelector(".verdict");
     out.textContent = "-";
     delete out.dataset.verdict;
+    card.querySelector(".proof").textContent = "-";
+    delete card.querySelector(".proof").dataset.certified;
   });
   $("summary").textContent = "Draw a digit in the black box to attack it.";
   delete $("results").dataset.shown;

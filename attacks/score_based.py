@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from nn.backend import device_of, to_numpy, xp_of
+from nn.interval import input_box
 from nn.losses import one_hot
 
 from .iterative import project, put_rows, take_rows, where_rows
@@ -94,7 +95,7 @@ def square(oracle, x, t, eps, n_queries=5000, p_init=0.8, rng=None, ids=None, re
     rng = np.random.default_rng(0) if rng is None else rng
     N, C, H, W = x.shape
     ids = np.arange(N) if ids is None else np.asarray(ids)
-    low, high = xp.clip(x - eps, 0.0, 1.0), xp.clip(x + eps, 0.0, 1.0)
+    low, high = input_box(x, eps)
     x_best = project(x + eps * _signs(rng, (N, C, 1, W), x), low, high)
     scores = _log_scores(oracle, x_best, ids)
     margin, wrong = margins(scores, t), xp.argmax(scores, axis=1) != t

@@ -23,12 +23,20 @@ from attacks import (
     pgd_step,
     standard_step,
 )
-from data.mnist import DATASETS, load_mnist
+from data.mnist import load_mnist
 from nn import SGD, reference_cnn
 from nn.backend import namespace_for
 from nn.checkpoint import section
 
-from .cli import HelpFormatter, TrainingError, float_in, int_at_least, positive_float, positive_int
+from .cli import (
+    HelpFormatter,
+    TrainingError,
+    add_data_flags,
+    float_in,
+    int_at_least,
+    positive_float,
+    positive_int,
+)
 from .loop import run_epochs, train_epoch
 from .plots import plot_runs
 from .run_folder import (
@@ -99,13 +107,10 @@ def parse_args(argv=None, prog=None):
                    help="train on the first or the second half of the (limited) training set "
                         "only: two networks on disjoint data, for transfer experiments")
     p.add_argument("--test-limit", type=positive_int, help="use the first N test images")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist",
-                   help="fashion-mnist is read from --data-dir, else from Debian's "
-                        "dataset-fashion-mnist")
-    p.add_argument("--data-dir", type=Path,
-                   help="folder with the IDX files, plain or .gz (default: the embedded MNIST, "
-                        "or Debian's Fashion-MNIST)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    add_data_flags(p, dataset="fashion-mnist is read from --data-dir, else from Debian's "
+                              "dataset-fashion-mnist",
+                   data_dir="folder with the IDX files, plain or .gz (default: the embedded "
+                            "MNIST, or Debian's Fashion-MNIST)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed epoch")
     args = p.parse_args(argv)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import models
-from attacks import eval_mode, predict, targeted_pgd, targeted_pgd_l2
-from nn import Sequential, first_param, reference_cnn
+from attacks import targeted_pgd, targeted_pgd_l2
+from nn import Sequential, eval_mode, first_param, predict, reference_cnn
 from nn.backend import namespace_for, to_device
 from nn.losses import one_hot
 from training.cli import positive_int
@@ -40,7 +40,7 @@ from .common import (
     train_model,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 100}
 FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
@@ -202,9 +202,7 @@ def grid(path, rows, title, cmap="gray", normalise=False):
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def figures(out, shown, digits, targets, report):
@@ -235,6 +233,4 @@ def figures(out, shown, digits, targets, report):
            title="Deletion curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "deletion.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "deletion.png")

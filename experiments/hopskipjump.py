@@ -1,7 +1,7 @@
 """Decision-based attack over the wire: HopSkipJump from labels alone, distortion against queries.
 
 For each of the first --images test images that the model classifies correctly, HopSkipJump
-(attacks/hopskipjump_attack.py) in L2 and in L-infinity, with at most max(--budgets) queries
+(attacks/decision_based.py) in L2 and in L-infinity, with at most max(--budgets) queries
 per image and norm, asks the model for labels only: in-process (a LabelOracle), or through
 serve.py's API with --api URL, where the server's count of the key's queries is the count
 reported. The best distortion found within each budget is read off each run's trace; its
@@ -18,8 +18,9 @@ import time
 
 import numpy as np
 
-from attacks import QueryBudgetExceeded, hopskipjump, predict, smallest_targeted
-from attacks.hopskipjump_attack import budget_curve
+from attacks import QueryBudgetExceeded, hopskipjump, smallest_targeted
+from attacks.decision_based import budget_curve
+from nn import predict
 from training.cli import positive_int
 
 from .common import (
@@ -36,7 +37,7 @@ from .common import (
     write_csv,
     write_json,
 )
-from .figures import plt
+from .figures import plt, save_figure
 
 DEFAULTS = {"images": 100}
 EPS = 0.3  # the exercise's L-infinity size
@@ -96,9 +97,7 @@ def figure(path, summary, budgets, label):
                title=f"{label}: {norm.replace('linf', 'L-infinity').replace('l2', 'L2')}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def attack_one(oracle, x, t, norm, args, label, i):
