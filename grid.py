@@ -50,8 +50,10 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
     r = sub.add_parser("run", help="train the grid (train.py flags after --)",
                        formatter_class=HelpFormatter)
-    r.add_argument("--modes", nargs="+", choices=["standard", "noise", "adversarial", "pgd"],
-                   default=["standard", "noise", "adversarial"], help="train.py --mode values")
+    r.add_argument("--modes", nargs="+",
+                   choices=["standard", "noise", "adversarial", "pgd", "ibp"],
+                   default=["standard", "noise", "adversarial"],
+                   help="train.py --mode values (ibp runs without BatchNorm only)")
     r.add_argument("--bn", choices=["both", "no", "yes"], default="both",
                    help="the CNN without BatchNorm, with it, or both")
     r.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1, 2],

@@ -453,6 +453,15 @@ def test_the_fashion_grid_names_its_dataset_and_eps(tmp_path):
         ("fashion-mnist", 0.1, 0.2, 0.1)
 
 
+def test_the_grid_trains_ibp_without_batchnorm_only(tmp_path):
+    from training.grid import plan
+    grid = plan(["standard", "ibp"], [False, True], [0, 1], 3, [], tmp_path,
+                reference=[("pgd", False, 0, 2)])
+    assert [r.name for r in grid] == ["standard-seed0", "standard-bn-seed0", "ibp-seed0",
+                                      "pgd-seed0", "standard-seed1", "standard-bn-seed1",
+                                      "ibp-seed1"]
+
+
 def test_the_grid_passes_its_data_and_device_flags_to_every_run():
     from training.classifier import parse_args
     args = grid.parse_args(["run", "--dataset", "fashion-mnist", "--device", "gpu",

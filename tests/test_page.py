@@ -1,10 +1,10 @@
 """A real-browser test of the page: headless Chromium (Debian's `chromium`) driven by Playwright.
 
 It opens the page of a real server over the shipped models on a loopback port, at a laptop's
-1280x900 and a phone's 390x844, and checks what a newcomer meets: the opening lesson's three
+1280x900 and a phone's 390x844, and checks what a newcomer meets: the opening lesson's
 verdicts on the first screen and no control past the viewport's right edge; each lesson button
-changes the three verdicts as web/static/lessons.json (measured by web/lessons.py) says; the
-slider and the attack recompute, and the perturbation panel changes with eps; the keyboard alone
+changes the verdicts (and the proofs) as web/static/lessons.json (measured by web/lessons.py)
+says; the slider and the attack recompute, and the perturbation panel changes with eps; the keyboard alone
 reaches a verdict; a slow answer shows the busy state; a stopped server shows the banner and
 marks the result stale; and no console error. Skipped, with the reason, where Playwright or
 Chromium is missing (.ci/run installs Chromium). PAGE_SCREENSHOT=docs/page.png saves the
@@ -31,11 +31,12 @@ from web.shipped import served_models  # noqa: E402
 
 LAPTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 VERDICTS = "() => [...document.querySelectorAll('.verdict')].map((e) => e.textContent)"
+PROOFS = "() => [...document.querySelectorAll('.proof')].map((e) => e.dataset.certified)"
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    """The three shipped models and the page's seeds (the lessons were measured on them)."""
+    """The shipped models and the page's seeds (the lessons were measured on them)."""
     return served_models(list(models.MODELS))
 
 
@@ -133,7 +134,7 @@ def test_the_first_screen_shows_the_lesson_and_every_control_fits(browser, url, 
     assert p.errors == []
 
 
-def test_each_lesson_changes_the_three_verdicts_as_its_caption_says(browser, url):
+def test_each_lesson_changes_the_verdicts_and_proofs_as_its_caption_says(browser, url):
     p = Page(browser, url)
     for lesson in lessons():
         p.page.click(f"[data-lesson='{lesson['id']}']")
@@ -148,6 +149,10 @@ def test_each_lesson_changes_the_three_verdicts_as_its_caption_says(browser, url
         wait_shown(p, seed=lesson["seed"], attack=lesson["attack"], eps=lesson["eps"],
                    target=lesson["target"])
         assert p.verdicts() == list(lesson["expect"].values()), lesson["id"]
+        proofs = p.page.evaluate(PROOFS)
+        if "certified" in lesson:  # the interval bounds' proof, as the lesson says
+            assert proofs == [str(v).lower() for v in lesson["certified"].values()], proofs
+        assert all(v in ("true", "false") for v in proofs), proofs
         assert p.page.get_attribute("[data-lesson='" + lesson["id"] + "']",
                                     "aria-pressed") == "true"
     p.page.close()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks import certify
+
 ROOT = Path(__file__).resolve().parent.parent
 FLIPS = ROOT / "results" / "page" / "flips.json"
 LESSONS = ROOT / "web" / "static" / "lessons.json"
@@ -42,8 +44,13 @@ def measure(served, seeds):
 
         def reads(x, attack, eps, target=None):
             return int(model.attack(x, attack, eps, target)[2].argmax())
+        clean = [int(model.probs(x)[0].argmax()) for x in images]
         out["models"][name] = {
-            "clean": [int(model.probs(x)[0].argmax()) for x in images],
+            "clean": clean,
+            # whether interval bounds prove the model's own answer at each eps (the page's
+            # "certified at this eps")
+            "certified": [[bool(certify(model.model, x, np.array([c]), e)[0]) for e in GRID]
+                          for x, c in zip(images, clean)],
             **{a: [[reads(x, a, e) for e in GRID] for x in images] for a in ("fgs", "pgd")},
             "targeted_pgd": [[None if c == s["label"] else
                               [reads(x, "targeted_pgd", e, c) for e in TARGETED_EPS]
@@ -72,6 +79,16 @@ class Table:
         if attack == "targeted_pgd":
             return m[attack][i][target][self.f["targeted_eps"].index(eps)]
         return m[attack][i][GRID.index(eps)]
+
+    def certified(self, index, eps):
+        """{model: whether the bounds prove its own answer on seed `index` at `eps`}."""
+        i, k = self.pos(index), GRID.index(eps)
+        return {name: m["certified"][i][k] for name, m in self.f["models"].items()}
+
+    def certified_share(self, name, eps):
+        """How many of the ready seeds the bounds certify for model `name` at `eps`."""
+        return sum(self.f["models"][name]["certified"][i][GRID.index(eps)]
+                   for i in self.ready())
 
     def verdicts(self, index, attack, eps, target=None):
         label, i = self.seeds[self.pos(index)]["label"], self.pos(index)
@@ -109,13 +126,21 @@ def fooled_on(eps):
     return f"on {'all' if k == len(eps) else f'{k} of'} {len(eps)}, first at eps {span(eps)}"
 
 
-def lesson(table, key, title, caption, numbers, seed, attack, eps, target=None, claim=None):
-    """A lesson's entry in lessons.json; ValueError if the measured verdicts are not `claim`."""
+def lesson(table, key, title, caption, numbers, seed, attack, eps, target=None, claim=None,
+           proven=None):
+    """A lesson's entry in lessons.json; ValueError if the measured verdicts are not `claim`, or
+    (when given) the certificates not `proven` ({model: bool})."""
     expect = table.verdicts(seed, attack, eps, target)
     if expect != claim:
         raise ValueError(f"lesson {key!r} claims {claim}, but the measurements say {expect}")
-    return {"id": key, "title": title, "caption": caption, "numbers": numbers, "seed": seed,
-            "attack": attack, "eps": eps, "target": target, "expect": expect}
+    entry = {"id": key, "title": title, "caption": caption, "numbers": numbers, "seed": seed,
+             "attack": attack, "eps": eps, "target": target, "expect": expect}
+    if proven is not None:
+        if table.certified(seed, eps) != proven:
+            raise ValueError(f"lesson {key!r} claims the certificates {proven}, but the "
+                             f"measurements say {table.certified(seed, eps)}")
+        entry["certified"] = proven
+    return entry
 
 
 def lessons(flips):

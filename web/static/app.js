@@ -5,7 +5,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const NAMES = { standard: "Standard", adversarial: "FGS-trained", pgd: "PGD-trained" };
+const NAMES = { standard: "Standard", adversarial: "FGS-trained", pgd: "PGD-trained",
+                ibp: "IBP-trained" };
 const FOOLED = "fooled", RIGHT = "still right", WRONG = "the model was already wrong";
 const state = { image: new Float32Array(SIDE * SIDE), seed: null, lesson: null, models: [],
                 seeds: [], busy: false, again: false, retry: null };
