@@ -34,7 +34,8 @@ def test_the_lessons_quote_the_measured_numbers(flips):
     first = t.first_fooled("standard", "fgs")
     tiny = next(x for x in L.lessons(flips) if x["id"] == "tiny-step")
     assert f"first at eps {min(first):.2f}-{max(first):.2f}" in tiny["numbers"]
-    assert tiny["expect"] == {"standard": L.FOOLED, "adversarial": L.RIGHT, "pgd": L.RIGHT}
+    assert tiny["expect"] == {"standard": L.FOOLED, "adversarial": L.RIGHT, "pgd": L.RIGHT,
+                              "ibp": L.RIGHT}
     six = t.pos(6)
     assert flips["models"]["standard"]["fgs"][six][L.GRID.index(0.12)] != 4
 
@@ -49,6 +50,26 @@ def test_a_lesson_the_measurements_contradict_is_refused(flips, lesson, model, a
     changed["models"][model][attack][six][at] = 4 if lesson == "masking" else 8
     with pytest.raises(ValueError, match=f"lesson '{lesson}' claims"):
         L.lessons(changed)
+
+
+@pytest.mark.parametrize("model, eps", [("ibp", 0.3), ("pgd", 0.3), ("standard", 0.05)])
+def test_a_proof_the_measurements_do_not_give_is_refused(flips, model, eps):
+    """Had the bounds failed the IBP-trained model on the 4 at 0.3, or proved the PGD-trained
+    model there, or the standard model anywhere, the 'proof' lesson would be false: refused."""
+    changed = copy.deepcopy(flips)
+    six, at = L.Table(flips).pos(6), L.GRID.index(eps)
+    rows = changed["models"][model]["certified"]
+    rows[six][at] = not rows[six][at]
+    with pytest.raises(ValueError, match="lesson 'proof' claims"):
+        L.lessons(changed)
+
+
+def test_measure_records_the_certificates_as_the_bounds_give_them(flips):
+    proof = next(x for x in L.lessons(flips) if x["id"] == "proof")
+    assert proof["certified"] == {"standard": False, "adversarial": False, "pgd": False,
+                                  "ibp": True}
+    shares = {m: L.Table(flips).certified_share(m, 0.1) for m in flips["models"]}
+    assert shares["ibp"] > shares["pgd"] == shares["standard"] == 0
 
 
 @pytest.mark.parametrize("truth, before, after, said", [

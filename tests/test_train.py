@@ -25,7 +25,7 @@ from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
 from nn.checkpoint import CheckpointError, load_checkpoint, section
 from training import classifier
-from training.plots import run_label
+from training.plots import run_label, run_labels
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--train-limit", "200", "--test-limit", "100"]
@@ -454,6 +454,8 @@ def test_plot_overlays_runs(plot_cli, runs, tmp_path):
     assert out_png.read_bytes().startswith(PNG)
     assert str(out_png) in out
     assert run_label(runs["bn"]) == "standard, BN"
+    assert run_labels([runs["base"], runs["bn"], runs["base"]]) == \
+        ["standard, seed 0", "standard, BN", "standard, seed 0"]
 
 
 def test_plot_out_is_a_folder(plot_cli, runs, tmp_path):

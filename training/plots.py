@@ -44,27 +44,35 @@ def read_metrics(run_dir):
     return columns
 
 
-def run_label(run_dir):
-    """'adversarial, BN' style label from the run's settings.json, else the folder name."""
+def run_label(run_dir, seed=False):
+    """'adversarial, BN' style label from the run's settings.json (', seed 1' added if `seed`),
+    else the folder name."""
     try:
         s = json.loads((Path(run_dir) / "settings.json").read_text())
         eps = f", eps {s['alpha']:g}" if s["mode"] == "ibp" else ""  # IBP runs differ by it
-        return f"{s['mode']}{', BN' if s['bn'] else ''}{eps}"
+        return f"{s['mode']}{', BN' if s['bn'] else ''}{eps}" + (f", seed {s['seed']}" if seed
+                                                                   else "")
     except (OSError, ValueError, KeyError):
         return Path(run_dir).name
+
+
+def run_labels(run_dirs):
+    """run_label of each run, with its seed where two runs would otherwise share a label."""
+    labels = [run_label(run) for run in run_dirs]
+    return [run_label(run, seed=labels.count(label) > 1) for run, label in zip(run_dirs, labels)]
 
 
 def plot_runs(run_dirs, out_path, title="Test accuracy over epochs"):
     """Draw clean, FGS, FGV (and PGD, certified) accuracy (%) over epochs for each run into out_path (PNG)."""
     metrics = [read_metrics(run) for run in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (run, m) in enumerate(zip(run_dirs, metrics)):
+    for i, (label, m) in enumerate(zip(run_labels(run_dirs), metrics)):
         colour = f"C{i}"
         for key, name, style in CURVES:
             if key in m:
                 ax.plot(m["epoch"], [100 * v for v in m[key]], linestyle=style, color=colour,
                         marker=".",
-                        label=f"{run_label(run)}: {name}" if len(run_dirs) > 1 else name)
+                        label=f"{label}: {name}" if len(run_dirs) > 1 else name)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)

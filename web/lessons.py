@@ -111,6 +111,12 @@ class Table:
         return len(pairs), sum(c == r for c, r in pairs)
 
 
+def proven_up_to(table, name):
+    """The largest eps of the grid at which the bounds certify `name` on some ready digit."""
+    rows = table.f["models"][name]["certified"]
+    return max((e for i in table.ready() for e, c in zip(GRID, rows[i]) if c), default=0.0)
+
+
 def span(eps):
     """'0.09-0.20' over the eps that are not None."""
     found = [e for e in eps if e is not None]
@@ -146,12 +152,12 @@ def lesson(table, key, title, caption, numbers, seed, attack, eps, target=None, 
 def lessons(flips):
     """The page's lessons (a list of dicts) from the measurements `flips`."""
     t = Table(flips)
-    std, fgs, rob = "standard", "adversarial", "pgd"
+    std, fgs, rob, ibp = "standard", "adversarial", "pgd", "ibp"
     four, seven, target = 6, 0, 9  # test images 6 (a 4) and 0 (a 7)
     four_is = t.seeds[t.pos(four)]["label"]
     first = {(m, a): t.first_fooled(m, a) for m in (std, fgs, rob) for a in ("fgs", "pgd")}
     held = sum(e is None for e in first[fgs, "fgs"])
-    reads = {m: t.reads(m, "targeted_pgd", seven, 0.45, target) for m in (std, fgs, rob)}
+    reads = {m: t.reads(m, "targeted_pgd", seven, 0.45, target) for m in (std, fgs, rob, ibp)}
     if set(reads.values()) != {target}:
         raise ValueError(f"lesson 'looks-like' claims every model reads {target}; they read "
                          f"{reads}")
@@ -159,15 +165,18 @@ def lessons(flips):
     if t.reached(std, 0.3) != (pairs, pairs):
         raise ValueError("lesson 'looks-like' claims targeted PGD reaches every target on the "
                          f"standard model at eps 0.3; it reaches {t.reached(std, 0.3)}")
+    if proven_up_to(t, std) or proven_up_to(t, fgs):
+        raise ValueError("lesson 'proof' claims the bounds certify the standard and FGS-trained "
+                         "models nowhere above eps 0")
     return [
         lesson(t, "tiny-step", "A tiny step fools the standard model",
                f"FGS moves each pixel of this {four_is} by at most 0.12, one step along the "
                f"gradient's sign: the standard model now reads {t.reads(std, 'fgs', four, 0.12)};"
-               f" both trained models still read {four_is}.",
-               f"Of the {len(t.ready())} ready digits that all three read right, FGS fools the "
+               f" the three trained models still read {four_is}.",
+               f"Of the {len(t.ready())} ready digits that all four read right, FGS fools the "
                f"standard model {fooled_on(first[std, 'fgs'])}; the PGD-trained model "
                f"{fooled_on(first[rob, 'fgs'])}.",
-               four, "fgs", 0.12, claim={std: FOOLED, fgs: RIGHT, rob: RIGHT}),
+               four, "fgs", 0.12, claim={std: FOOLED, fgs: RIGHT, rob: RIGHT, ibp: RIGHT}),
         lesson(t, "masking", "FGS training hides the gradient: PGD still breaks it",
                "The same digit and eps, attacked by PGD (20 smaller steps) instead of FGS: the "
                "FGS-trained model falls too. Its training hid the gradient, not the weakness.",
@@ -176,17 +185,30 @@ def lessons(flips):
                f"{fooled_on(first[fgs, 'pgd'])}, the standard model "
                f"{fooled_on(first[std, 'pgd'])}, the PGD-trained model "
                f"{fooled_on(first[rob, 'pgd'])}.",
-               four, "pgd", 0.12, claim={std: FOOLED, fgs: FOOLED, rob: RIGHT}),
+               four, "pgd", 0.12, claim={std: FOOLED, fgs: FOOLED, rob: RIGHT, ibp: RIGHT}),
         lesson(t, "looks-like", "The robust model's perturbation looks like a digit",
-               f"Targeted PGD toward {target} at eps 0.45: all three models read {target}, but "
-               f"only the PGD-trained model's perturbation draws the strokes of a {target} on "
-               f"the {t.seeds[t.pos(seven)]['label']}; the others' is faint noise.",
+               f"Targeted PGD toward {target} at eps 0.45: every model reads {target}, but the "
+               f"PGD-trained model's perturbation draws the strokes of a {target} on the "
+               f"{t.seeds[t.pos(seven)]['label']}; the standard and FGS-trained models' is "
+               "faint noise.",
                f"Targeted PGD makes the PGD-trained model read the target for {reached[0.3]} of "
                f"{pairs} (ready digit, target) pairs at its training eps 0.3, for "
                f"{reached[0.45]} at eps 0.45; the standard model reads the target for all "
                f"{pairs} at 0.3.",
                seven, "targeted_pgd", 0.45, target=target,
-               claim={std: FOOLED, fgs: FOOLED, rob: FOOLED}),
+               claim={std: FOOLED, fgs: FOOLED, rob: FOOLED, ibp: FOOLED}),
+        lesson(t, "proof", "A proof, not a failed attack",
+               f"PGD at eps 0.3 fails on the PGD-trained and the IBP-trained models alike, but "
+               f"only the IBP-trained model's answer is certified: interval bounds prove that no "
+               f"change of at most 0.3 per pixel makes it read anything but {four_is}. The "
+               "PGD-trained model might yet fall to a stronger attack.",
+               f"The bounds certify the IBP-trained model's answer on "
+               f"{t.certified_share(ibp, 0.1)} of the {len(t.ready())} ready digits at eps 0.1 "
+               f"and {t.certified_share(ibp, 0.3)} at 0.3; the PGD-trained model's on "
+               f"{t.certified_share(rob, 0.1)} at 0.1 (none above eps "
+               f"{proven_up_to(t, rob):.2f}), the other two models' on none at any eps above 0.",
+               four, "pgd", 0.3, claim={std: FOOLED, fgs: FOOLED, rob: RIGHT, ibp: RIGHT},
+               proven={std: False, fgs: False, rob: False, ibp: True}),
         {"id": "drawn", "title": "Drawn by you",
          "caption": "Draw a digit in the black box with a mouse, pen or finger: PGD at eps 0.2, "
                     "each model judged against its own answer before the attack.",

@@ -9,8 +9,8 @@ from nn import predict
 
 def served_models(names, images=1000):
     """{name: Served} of the shipped models, each with its accuracy on the first `images` test
-    images (clean and under FGS at its eps, measured now; PGD-20 and the worst case of attack.py
-    robust from the manifest), and the page's seed digits."""
+    images (clean and under FGS at its eps, measured now; PGD-20, the worst case of attack.py
+    robust and the certified share from the manifest), and the page's seed digits."""
     from web.api import Served  # Starlette: the [web] extra
 
     x, t = load_mnist("test", limit=images)
@@ -21,7 +21,8 @@ def served_models(names, images=1000):
         served[name] = Served(model, {
             "what": entry["what"], "eps": settings["alpha"], "images": images,
             "clean": r["clean_acc"], "fgs": r["fgs_robust_acc"], "pgd20": entry["pgd20"],
-            "robust": entry["robust"], "attack_images": entry["attack_images"]})
+            "robust": entry["robust"], "attack_images": entry["attack_images"],
+            "certified": entry.get("certified")})
         seeds = seeds or seed_digits(model, x, t)
     return served, seeds
 

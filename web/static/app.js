@@ -64,7 +64,8 @@ function modelCard(m) {
   card.title = m.what;
   card.append(element("h3", "", NAMES[m.name] || m.name),
               element("p", "about", `accuracy: clean ${pct(m.clean)}, ` +
-                                    `PGD-20 at eps ${m.eps}: ${pct(m.pgd20)}`));
+                                    `PGD-20 at eps ${m.eps}: ${pct(m.pgd20)}` +
+                                    (m.certified ? `, certified ${pct(m.certified)}` : "")));
   const pair = element("div", "pair");
   pair.append(figure("adversarial", "attacked"), figure("perturbation", "perturbation"));
   card.append(pair, element("p", "reads", "-"), element("p", "verdict", "-"),
