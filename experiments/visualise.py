@@ -49,7 +49,8 @@ LARGE = {"l2": 4.0, "linf": 0.4}
 
 def add_arguments(p):
     p.add_argument("--models", nargs="+", choices=list(models.MODELS),
-                   default=list(models.MODELS), help="shipped models (ignored with --checkpoint)")
+                   default=["standard", "adversarial", "pgd"],
+                   help="shipped models (ignored with --checkpoint)")
     p.add_argument("--steps", type=positive_int, default=200,
                    help="gradient-ascent steps of the visualisations and stimuli")
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs of the judge")

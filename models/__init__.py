@@ -2,8 +2,9 @@
 
 Each is a .safetensors file of PyTorch's names (nn/export.py) beside manifest.json, which gives
 per model its SHA-256, the exact command that trained it and its measured accuracy (clean, FGS,
-PGD-20 and the worst case of `attack.py robust`). `load` checks the SHA-256 before it trusts a
-file. `python -m models.build` makes all of it from scratch (models/build.py).
+PGD-20, the worst case of `attack.py robust`, and the share certified by interval bounds).
+`load` checks the SHA-256 before it trusts a file. `python -m models.build` makes all of it from
+scratch (models/build.py).
 """
 import hashlib
 import json
@@ -14,11 +15,16 @@ from nn.export import load_exported
 
 FOLDER = Path(__file__).resolve().parent
 MANIFEST = FOLDER / "manifest.json"
-# name -> (what it is, train.py flags of its run: the grid's settings, seed 0)
+# name -> (what it is, train.py flags of its run: the grid's settings, seed 0 unless they say)
 MODELS = {"standard": ("standard training", ["--mode", "standard", "--epochs", "50"]),
           "adversarial": ("FGS adversarial training (the exercise)",
                           ["--mode", "adversarial", "--epochs", "50"]),
-          "pgd": ("PGD training", ["--mode", "pgd", "--epochs", "20"])}
+          "pgd": ("PGD training", ["--mode", "pgd", "--epochs", "20"]),
+          # Gowal et al.'s schedule, trained at eps 0.4 for 0.3; seed 1, the run kept (seed 0's
+          # checkpoint was not: results/ibp has both seeds' metrics)
+          "ibp": ("IBP training (certified robustness)",
+                  ["--mode", "ibp", "--eps", "0.3", "--ibp-eps", "0.4", "--epochs", "20",
+                   "--pgd-images", "1000", "--seed", "1"])}
 
 
 class ModelError(Exception):

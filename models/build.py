@@ -1,6 +1,6 @@
 """Make the shipped models from scratch: train, export, measure, write models/manifest.json.
 
-    python -m models.build                      # all three; about 4 CPU-hours on 2 cores
+    python -m models.build                      # all four; about 6 CPU-hours on 2 cores
     python -m models.build --names standard     # one of them
 
 Each model is a train.py run at the grid's settings, seed 0 unless its flags name one, in
