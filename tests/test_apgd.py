@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from attacks.autopgd import apgd, apgd_run, apgd_targeted, checkpoints
 from attacks.iterative import put_rows, take_rows, uniform_start
-from helpers import assert_like
+from helpers import assert_like, counting
 from nn import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sequential, eval_mode
 from nn.gradcheck import as_float64
 from nn.losses import dlr_loss, softmax_cross_entropy
@@ -108,13 +108,6 @@ def test_apgd_halves_steps_restarts_and_keeps_the_first_hit():
         np.testing.assert_allclose(got[i], expected, rtol=0, atol=1e-12)
     with eval_mode(MODEL64):
         assert np.all((np.argmax(MODEL64.forward(got), axis=1) != t) == found)
-
-
-def counting(model, monkeypatch):
-    """model, with a list that grows by one per forward pass."""
-    calls, forward = [], model.forward
-    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or forward(x))
-    return calls
 
 
 def test_apgd_stops_once_every_image_is_broken(monkeypatch):

@@ -23,7 +23,7 @@ from attacks import (
     targeted_pgd,
 )
 from attacks.evaluation import default_attacks
-from helpers import assert_like
+from helpers import assert_like, counting
 from nn import eval_mode, softmax
 from nn.backend import to_numpy
 from test_attacks import MODELS, backend_case, images, linear_model, mean_loss, random_batch, seeds
@@ -168,8 +168,7 @@ def test_pgd_stops_once_every_image_has_succeeded(monkeypatch):
     x, t = random_batch(4, 6)
     with eval_mode(model):
         wrong = (np.argmax(model.forward(x), axis=1) + 1) % 10
-    calls, forward = [], model.forward
-    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or forward(x))
+    calls = counting(model, monkeypatch)
     np.testing.assert_array_equal(pgd(model, x, wrong, eps=0.3, steps=20), x)
     assert len(calls) == 1
     calls.clear()
