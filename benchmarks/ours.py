@@ -170,21 +170,19 @@ def profile_layers(bn, x, t, reps):
 def conv_breakdown(layer, x, dout, reps):
     """The pieces of conv2d_forward / conv2d_backward (nn/conv.py, as they were written when this
     benchmark was written), timed on the layer's real input and output gradient, in ms."""
-    W = layer.params["W"]
+    W, b = layer.params["W"], layer.params["b"]
     Fo, C, KH, KW = W.shape
     s_, p_ = layer.stride, layer.padding
-    w2 = W.reshape(Fo, -1)
-    cols = conv.im2col(x, KH, KW, s_, p_)
+    wb = np.concatenate([W.reshape(Fo, -1), b.reshape(Fo, 1)], axis=1)
+    cols = conv.im2col(x, KH, KW, s_, p_, ones=True)
     d2 = np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1)
-    dcols = w2.T @ d2
     pieces = {
-        "im2col": lambda: conv.im2col(x, KH, KW, s_, p_),
-        "fwd matmul W@cols": lambda: w2 @ cols,
+        "im2col (+ row of ones)": lambda: conv.im2col(x, KH, KW, s_, p_, ones=True),
+        "fwd matmul [W b]@cols": lambda: wb @ cols,
         "dout -> (F, OH*OW*N)": lambda: np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1),
-        "dW matmul d2@cols.T": lambda: d2 @ cols.T,
-        "db sum": lambda: d2.sum(axis=1),
-        "dX matmul W.T@d2": lambda: w2.T @ d2,
-        "col2im": lambda: conv.col2im(dcols, x.shape, KH, KW, s_, p_),
+        "dW, db matmul (cols@d2.T).T": lambda: (cols @ d2.T).T,
+        "dX matmul W.T@d2": lambda: W.reshape(Fo, -1).T @ d2,
+        "dX fold_product (matmul + fold)": lambda: conv.fold_product(W, d2, x.shape, s_, p_),
     }
     out = {"shapes": {"cols": list(cols.shape), "d2": list(d2.shape),
                       "d2_is_copy": not np.shares_memory(d2, dout)}}

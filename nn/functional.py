@@ -123,14 +123,15 @@ def dense_backward(dout, cache, input_grad=True, param_grads=True):
 
 
 def relu_forward(x):
-    """out = max(x, 0), any shape; caches the 0/1 mask of x > 0 in x's dtype."""
-    xp = xp_of(x)
-    return xp.maximum(x, 0.0), xp.astype(x > 0, x.dtype)
+    """out = max(x, 0), any shape; caches out itself (out > 0 exactly where x > 0), so that a
+    forward pass with no backward after it (a query, a prediction) makes no mask."""
+    out = xp_of(x).maximum(x, 0.0)
+    return out, out
 
 
-def relu_backward(dout, positive):
-    """dx = dout * (x > 0)."""
-    return dout * positive
+def relu_backward(dout, out):
+    """dx = dout * (x > 0), the mask as 0/1 floats from the cached output."""
+    return dout * xp_of(dout).astype(out > 0, dout.dtype)
 
 
 def leaky_relu_forward(x, negative_slope=0.01):
