@@ -17,6 +17,16 @@ from nn.backend import reuse_host_memory
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files, as the commands' run_cli sets
 reuse_host_memory()  # as train.py does: large temporaries stop page-faulting, tests run faster
 
+
+def pytest_configure(config):
+    """With xdist's workers (-n), one BLAS and OpenMP thread each, set before they start and load
+    NumPy or torch: two processes whose BLAS threads both spin on two cores slow each other down
+    many times over (docs/speed.md)."""
+    if getattr(config.option, "numprocesses", None):
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=10, deadline=None,

@@ -47,5 +47,5 @@ def test_ci_runs_the_readmes_test_command():
     root = Path(__file__).parent.parent
     readme = (root / "README.md").read_text().splitlines()
     command = readme[readme.index("# set up and run the tests") + 1]
-    assert "'.[test,oracle]'" in command and command.endswith("-m pytest")
+    assert "'.[test,oracle]'" in command and command.endswith("-m pytest -n auto")
     assert command in (root / ".ci" / "run").read_text().splitlines()
