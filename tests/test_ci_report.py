@@ -1,6 +1,7 @@
 """What CI runs: tests/ci_report.py (under CI a skip fails the run unless the test is marked gpu,
-and the oracle tests are named with their outcome; elsewhere skips are skips), and .ci/run runs
-the README's test command, the oracle extra included."""
+and the oracle tests are named with their outcome; elsewhere skips are skips), .ci/run runs
+the README's test command, the oracle extra included, and its workers (-n) get one BLAS thread
+each (conftest.py)."""
 import os
 import subprocess
 import sys
@@ -49,3 +50,21 @@ def test_ci_runs_the_readmes_test_command():
     command = readme[readme.index("# set up and run the tests") + 1]
     assert "'.[test,oracle]'" in command and command.endswith("-m pytest -n auto")
     assert command in (root / ".ci" / "run").read_text().splitlines()
+
+
+def test_xdist_workers_get_one_blas_thread(tmp_path):
+    """conftest.py: with -n, every worker starts with one BLAS and OpenMP thread."""
+    (tmp_path / "test_env.py").write_text(
+        "import os\n\ndef test_one_thread():\n"
+        "    assert os.environ.get('PYTEST_XDIST_WORKER')\n"
+        "    assert os.environ.get('OPENBLAS_NUM_THREADS') == '1'\n"
+        "    assert os.environ.get('OMP_NUM_THREADS') == '1'\n")
+    root = Path(__file__).parent
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CI", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root.parent)])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
+                           "no:cacheprovider", "-n", "2", str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
