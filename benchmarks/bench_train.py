@@ -54,7 +54,7 @@ the peak RSS over one step in a fresh subprocess, after a batch-2 warm-up step (
 /proc/self/status, reset through /proc/self/clear_refs: a child's ru_maxrss starts at its
 parent's peak and says nothing here); it counts allocator slack too, so it is coarse. With
 --profile: the time of every layer's forward and backward in our standard step, and a breakdown
-of each convolution into im2col / matmul / fold.
+of each convolution into im2col / matmul / col2im.
 
 --threads N (off by default) limits OpenBLAS (threadpoolctl) and PyTorch to N threads, to see
 how much of a result is thread oversubscription when other processes load the machine.

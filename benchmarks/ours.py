@@ -176,13 +176,14 @@ def conv_breakdown(layer, x, dout, reps):
     wb = np.concatenate([W.reshape(Fo, -1), b.reshape(Fo, 1)], axis=1)
     cols = conv.im2col(x, KH, KW, s_, p_, ones=True)
     d2 = np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1)
+    dcols = W.reshape(Fo, -1).T @ d2
     pieces = {
         "im2col (+ row of ones)": lambda: conv.im2col(x, KH, KW, s_, p_, ones=True),
         "fwd matmul [W b]@cols": lambda: wb @ cols,
         "dout -> (F, OH*OW*N)": lambda: np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1),
         "dW, db matmul (cols@d2.T).T": lambda: (cols @ d2.T).T,
         "dX matmul W.T@d2": lambda: W.reshape(Fo, -1).T @ d2,
-        "dX fold_product (matmul + fold)": lambda: conv.fold_product(W, d2, x.shape, s_, p_),
+        "col2im": lambda: conv.col2im(dcols, x.shape, KH, KW, s_, p_),
     }
     out = {"shapes": {"cols": list(cols.shape), "d2": list(d2.shape),
                       "d2_is_copy": not np.shares_memory(d2, dout)}}

@@ -69,25 +69,10 @@ def im2col(x, KH, KW, stride, padding, ones=False):
     return cols
 
 
-def _fold(dxt, dcols, i, stride):
-    """dxt (C, Hp, Wp, N) += dcols (C, KW, OH, OW, N), the columns of kernel row i."""
-    _, KW, OH, OW, _ = dcols.shape
-    rows = _window(i, stride, OH)
-    for j in range(KW):
-        dxt[:, rows, _window(j, stride, OW), :] += dcols[:, j, ...]
-
-
-def _unpad(dxt, padding, H, W):
-    """dxt (C, H + 2p, W + 2p, N) -> its inside as (N, C, H, W)."""
-    return xp_of(dxt).permute_dims(dxt[:, padding:padding + H, padding:padding + W, :],
-                                   (3, 0, 1, 2))
-
-
 def col2im(dcols, x_shape, KH, KW, stride, padding):
     """Adjoint of im2col: fold dcols (C*KH*KW, OH*OW*N) back into dx (N, C, H, W).
 
-    Where windows overlap, the contributions of every offset are summed. The convolutions fold
-    their products through fold_product, which the tests hold to this plainer version.
+    Where windows overlap, the contributions of every offset are summed.
     """
     xp = xp_of(dcols)
     N, C, H, W = x_shape
@@ -95,34 +80,10 @@ def col2im(dcols, x_shape, KH, KW, stride, padding):
     dcols = xp.reshape(dcols, (C, KH, KW, OH, OW, N))
     dxt = _zeros((C, H + 2 * padding, W + 2 * padding, N), dcols)
     for i in range(KH):
-        _fold(dxt, dcols[:, i, ...], i, stride)
-    return _unpad(dxt, padding, H, W)
-
-
-def fold_product(w, d, x_shape, stride, padding, start=None):
-    """col2im(W2^T @ d) for w (A, C, KH, KW) as W2 (A, C*KH*KW) and d (A, OH*OW*N): dx (N, C,
-    H, W), plus `start` (broadcast onto it) if given.
-
-    The same numbers as the two steps, but where the product is much larger than d (conv2's
-    backward pass: 13 MB against 1 MB) it is made one kernel row at a time and each (C*KW,
-    OH*OW*N) block folded while it is still in cache, rather than read back from memory; where
-    it is not (conv1: 25 rows against 32), reading d KH times would cost more (tested against
-    col2im).
-    """
-    xp = xp_of(w, d)
-    N, C, H, W = x_shape
-    A, _, KH, KW = w.shape
-    OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    dxt = _zeros((C, H + 2 * padding, W + 2 * padding, N), d)
-    if start is not None:
-        dxt[...] = start
-    rows = 1 if C * KW > A else KH  # kernel rows per product
-    for i0 in range(0, KH, rows):
-        w_rows = xp.reshape(w[:, :, i0:i0 + rows, :], (A, C * rows * KW))
-        block = xp.reshape(w_rows.T @ d, (C, rows, KW, OH, OW, N))
-        for i in range(rows):
-            _fold(dxt, block[:, i, ...], i0 + i, stride)
-    return _unpad(dxt, padding, H, W)
+        for j in range(KW):
+            dxt[:, _window(i, stride, OH), _window(j, stride, OW), :] += dcols[:, i, j, ...]
+    dxt = dxt[:, padding:padding + H, padding:padding + W, :]
+    return xp.permute_dims(dxt, (3, 0, 1, 2))
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0):
@@ -146,13 +107,13 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
 
     With W2 = w as (F, C*KH*KW) and D = dout as (F, OH*OW*N): [dw db] = D @ cols^T (the row of
-    ones gives db, the sum of D over its columns), and dx = col2im(W2^T @ D) (fold_product).
+    ones gives db, the sum of D over its columns), and dx = col2im(W2^T @ D).
     dx is None when not input_grad; dw and db are None when not param_grads (an attack needs
     only dx, and skips a matrix product). The loops: nn/naive.py, conv2d_backward.
     """
     xp = xp_of(dout)
     x_shape, cols, w, stride, padding = cache
-    F = w.shape[0]
+    F, C, KH, KW = w.shape
     d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
     dw = db = dx = None
     if param_grads:
@@ -160,7 +121,7 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
         dw = xp.reshape(dwb[:, :-1], w.shape)  # the long axis inside
         db = dwb[:, -1]
     if input_grad:
-        dx = fold_product(w, d2, x_shape, stride, padding)
+        dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)
     return dx, dw, db
 
 
@@ -178,8 +139,8 @@ def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
     _, F, KH, KW = w.shape
     shape = (N, F, (H - 1) * stride - 2 * padding + KH, (W - 1) * stride - 2 * padding + KW)
     X = xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (C, -1))
-    out = fold_product(w, X, shape, stride, padding, start=xp.reshape(b, (F, 1, 1, 1)))
-    return out, (X, x.shape, w, stride, padding)
+    out = col2im(xp.reshape(w, (C, -1)).T @ X, shape, KH, KW, stride, padding)
+    return out + xp.reshape(b, (1, F, 1, 1)), (X, x.shape, w, stride, padding)
 
 
 def conv_transpose2d_backward(dout, cache, input_grad=True, param_grads=True):

@@ -20,12 +20,10 @@ from hypothesis import strategies as st
 
 from nn import losses, naive
 from nn.conv import (
-    col2im,
     conv2d_backward,
     conv2d_forward,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
-    fold_product,
     max_pool2d_backward,
     max_pool2d_forward,
 )
@@ -585,21 +583,6 @@ def tied_input(rng, shape, levels):
     x = rng.integers(0, levels, shape).astype(np.float64)
     x[0, 0, :3, :3] = 0.0  # all-zero windows wherever a window falls inside this corner
     return x
-
-
-@given(case=conv_cases(), seed=seeds)
-def test_fold_product_is_col2im_of_the_whole_product(case, seed):
-    """conv2d's input gradient, folded kernel row by kernel row, equals col2im of the product."""
-    N, C, H, W, Fo, K, stride, padding = case
-    rng = np.random.default_rng(seed)
-    x_shape, w = (N, C, H, W), rng.standard_normal((Fo, C, K, K))
-    OH, OW = ((n + 2 * padding - K) // stride + 1 for n in (H, W))
-    d = rng.standard_normal((Fo, OH * OW * N))
-    whole = col2im(w.reshape(Fo, -1).T @ d, x_shape, K, K, stride, padding)
-    np.testing.assert_allclose(fold_product(w, d, x_shape, stride, padding), whole,
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(fold_product(w, d, x_shape, stride, padding, start=2.5),
-                               whole + 2.5, rtol=1e-12, atol=1e-12)
 
 
 @given(case=pool_cases(), levels=st.integers(1, 3), seed=seeds)
