@@ -30,7 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from training.grid_task import THREADS as ONE_THREAD  # noqa: E402 (one BLAS/OpenMP thread)
+
 ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
@@ -130,7 +134,6 @@ def main(argv=None):
     ap.add_argument("--json", metavar="PATH", help="write the results here")
     ap.add_argument("--_theirs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     if args._theirs:
         print(json.dumps(theirs_in_process(args.model, args.images)))
         return

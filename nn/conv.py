@@ -117,8 +117,9 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
     dw = db = dx = None
     if param_grads:
-        dwb = (cols @ d2.T).T  # (D cols^T) computed as (cols D^T)^T: BLAS is much faster with
-        dw = xp.reshape(dwb[:, :-1], w.shape)  # the long axis inside
+        # (D cols^T) computed as (cols D^T)^T: BLAS is much faster with the long axis inside
+        dwb = (cols @ d2.T).T
+        dw = xp.reshape(dwb[:, :-1], w.shape)
         db = dwb[:, -1]
     if input_grad:
         dx = col2im(xp.reshape(w, (F, -1)).T @ d2, x_shape, KH, KW, stride, padding)

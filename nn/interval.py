@@ -96,8 +96,8 @@ def _norm_backward(layer, dout, cache):
 
 
 def _relu_forward(layer, lo, hi):
-    (lo2, lo_mask), (hi2, hi_mask) = F.relu_forward(lo), F.relu_forward(hi)
-    return lo2, hi2, (lo_mask, hi_mask)
+    (lo2, lo_cache), (hi2, hi_cache) = F.relu_forward(lo), F.relu_forward(hi)
+    return lo2, hi2, (lo_cache, hi_cache)
 
 
 def _relu_backward(layer, dlo, dhi, cache):

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from ci_report import pytest_sessionfinish  # noqa: F401  (the hook: under CI, no skips but gpu)
 from nn.backend import reuse_host_memory
+from training.grid_task import THREADS
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files, as the commands' run_cli sets
 reuse_host_memory()  # as train.py does: large temporaries stop page-faulting, tests run faster
@@ -23,8 +24,8 @@ def pytest_configure(config):
     NumPy or torch: two processes whose BLAS threads both spin on two cores slow each other down
     many times over (docs/speed.md)."""
     if getattr(config.option, "numprocesses", None):
-        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(name, "1")
+        for name, value in THREADS.items():
+            os.environ.setdefault(name, value)
 
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from training.grid_task import THREADS
+
 TESTS = """
 import pytest
 
@@ -61,7 +63,7 @@ def test_xdist_workers_get_one_blas_thread(tmp_path):
         "    assert os.environ.get('OMP_NUM_THREADS') == '1'\n")
     root = Path(__file__).parent
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CI", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+           if k != "CI" and k not in THREADS}
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(root.parent)])
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
                            "no:cacheprovider", "-n", "2", str(tmp_path)], cwd=tmp_path, env=env,
