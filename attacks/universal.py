@@ -45,18 +45,20 @@ def placements(rng, n, side, size=28, max_degrees=10.0, max_zoom=0.1):
 
 
 def paste(x, patch, theta):
-    """x (N, 1, H, W) with the patch pasted by theta (N, 2, 3): (pasted like x, cache)."""
+    """x (N, 1, H, W) with the patch pasted by theta (N, 2, 3): (pasted like x, the warp's
+    cache, for patch_gradient)."""
     xp = xp_of(x)
     canvas, mask = (_like(np.broadcast_to(a, x.shape).copy(), x)
                     for a in patch_canvas(patch, x.shape[-1]))
-    placed, _ = warp_forward(canvas, theta)
+    placed, cache = warp_forward(canvas, theta)
     m, _ = warp_forward(mask, theta)
-    return xp.clip((1 - m) * x + placed, 0.0, 1.0), theta
+    return xp.clip((1 - m) * x + placed, 0.0, 1.0), cache
 
 
-def patch_gradient(dout, theta, side):
-    """d loss / d patch (side, side) host, from d loss / d pasted image dout (N, 1, H, W)."""
-    canvas = to_numpy(warp_backward(dout, theta)).sum(axis=(0, 1))
+def patch_gradient(dout, cache, side):
+    """d loss / d patch (side, side) host, from d loss / d pasted image dout (N, 1, H, W) and
+    paste's cache."""
+    canvas = to_numpy(warp_backward(dout, cache)).sum(axis=(0, 1))
     top = (canvas.shape[0] - side) // 2
     return canvas[top:top + side, top:top + side]
 
@@ -70,10 +72,10 @@ def train_patch(model, images, target, side, steps=300, batch=64, lr=0.02, rng=N
     with eval_mode(model):
         for _ in range(steps):
             x = on_model(model, images[rng.integers(0, len(images), batch)])
-            pasted, theta = paste(x, patch, placements(rng, batch, side))
+            pasted, cache = paste(x, patch, placements(rng, batch, side))
             t = on_model(model, np.full(batch, target))
             dx = loss_and_gradients(model, pasted, t, param_grads=False).dx
-            patch = np.clip(patch - lr * np.sign(patch_gradient(dx, theta, side)), 0.0, 1.0)
+            patch = np.clip(patch - lr * np.sign(patch_gradient(dx, cache, side)), 0.0, 1.0)
         model.clear_caches()
     return patch
 

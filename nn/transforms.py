@@ -51,7 +51,8 @@ def _tent(d):
 
 def warp_forward(x, theta):
     """x (N, C, H, W), theta (N, 2, 3) host -> (out like x, cache): out[q] = sum over the 4
-    neighbours p of q's source point of tent weight * x[p], gathered with xp.take."""
+    neighbours p of q's source point of tent weight * x[p], gathered with xp.take. The cache is
+    the map itself, host index and weight (N, 4, HW): the backward transposes it."""
     N, C, H, W = x.shape
     rows, cols = np.divmod(np.arange(H * W), W)
     px, py = _source(theta, rows[None], cols[None], H, W)                          # (N, HW)
@@ -60,38 +61,34 @@ def warp_forward(x, theta):
     index = np.stack([np.clip(Y, 0, H - 1) * W + np.clip(X, 0, W - 1) for X, Y in corners], 1)
     weight = np.stack([_tent(px - X) * _tent(py - Y) * ((X >= 0) & (X < W) & (Y >= 0) & (Y < H))
                        for X, Y in corners], 1)                                    # (N, 4, HW)
-    return _gather(x, index, weight), theta
+    index = index.astype(np.int64)
+    return _gather(x, index, weight), (index, weight)
 
 
-def warp_backward(dout, theta):
-    """dx[p] = sum over q of tent weight * dout[q]: the forward's transpose, gathered.
+def warp_backward(dout, cache):
+    """dx[p] = sum over the (q, k) with index[q, k] = p of weight[q, k] * dout[q]: the forward's
+    exact transpose, gathered in turn.
 
-    The output pixels q that read input pixel p lie around the point q0 that the inverse map
-    sends p to, at most r = ceil(||A^-1||_inf + 1/2) pixels away in each direction (A the 2x2
-    part of theta, in pixel units; 2 for small warps): a (2r + 1)^2 window whose weights are the
-    forward's tents again. A source coordinate is affine in q, so over the window it is the
-    centre's plus a constant per offset.
+    The forward's pairs (q -> p, weight) of nonzero weight are sorted by p; the j-th pair of
+    input pixel p becomes its tap j, so the transpose is a gather with as many taps as an input
+    pixel has readers (4 or 5 for a rotation, against the forward's 4), zero-weighted where it
+    has fewer.
     """
-    N, C, H, W = dout.shape
-    A = np.asarray(theta, dtype=np.float64)
-    inverse = np.linalg.inv(np.concatenate([A, np.tile([[[0.0, 0.0, 1.0]]], (N, 1, 1))], 1))
-    pixel = np.array([[1.0, W / H], [H / W, 1.0]])  # normalised units differ when H != W
-    r = int(np.ceil(np.max(np.abs(inverse[:, :2, :2] * pixel).sum(axis=2)) + 0.5))
-    rows, cols = np.divmod(np.arange(H * W), W)
-    back = inverse[:, :2] @ np.stack([(2 * cols + 1) / W - 1, (2 * rows + 1) / H - 1,
-                                      np.ones(H * W)])                             # (N, 2, HW)
-    qj = np.round(((back[:, 0] + 1) * W - 1) / 2)
-    qi = np.round(((back[:, 1] + 1) * H - 1) / 2)
-    cx, cy = _source(theta, qi, qj, H, W)                       # the window centre's source
-    a, b = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
-    a, b = (a - r)[None, :, None], (b - r)[None, :, None]       # offsets (1, K, 1) in i and j
-    t = A[:, :, :2, None, None]  # dpx/dj = t00, dpx/di = t01 W/H, dpy/dj = t10 H/W, dpy/di = t11
-    sx = cx[:, None] + t[:, 0, 0] * b + t[:, 0, 1] * (W / H) * a
-    sy = cy[:, None] + t[:, 1, 0] * (H / W) * b + t[:, 1, 1] * a
-    i, j = qi[:, None] + a, qj[:, None] + b
-    inside = (i >= 0) & (i < H) & (j >= 0) & (j < W)
-    adjoint = _tent(sx - cols) * _tent(sy - rows) * inside
-    return _gather(dout, np.where(inside, i * W + j, 0).astype(np.int64), adjoint)
+    index, weight = cache
+    N, K, HW = index.shape
+    # image n's pixel p as n HW + p; a pair of weight 0 sorts past the last, N HW, and is dropped
+    key = np.where(weight > 0, np.arange(N)[:, None, None] * HW + index, N * HW).reshape(-1)
+    order = np.argsort(key)[:np.count_nonzero(key < N * HW)]
+    key = key[order]
+    count = np.bincount(key, minlength=N * HW)
+    tap = np.arange(key.size) - (np.cumsum(count) - count)[key]  # rank of the pair among p's
+    taps = max(int(count.max(initial=0)), 1)
+    t_index = np.zeros(N * HW * taps, dtype=np.int64)
+    t_weight = np.zeros(N * HW * taps)
+    t_index[key * taps + tap] = order % HW  # a flat position in (N, K, HW) ends in q
+    t_weight[key * taps + tap] = weight.reshape(-1)[order]
+    return _gather(dout, np.reshape(t_index, (N, HW, taps)).transpose(0, 2, 1),
+                   np.reshape(t_weight, (N, HW, taps)).transpose(0, 2, 1))
 
 
 def _gather(x, index, weight):

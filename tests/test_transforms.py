@@ -69,7 +69,7 @@ def test_the_warp_is_the_dense_reference_and_its_backward_the_transpose(strength
     theta = family.sample(rng, x.shape)
     out, cache = family.forward(x, theta)
     np.testing.assert_allclose(out, warp_reference(x, theta), atol=1e-12)
-    # <W x, y> = <x, W^T y>: the window of the backward missed no output pixel
+    # <W x, y> = <x, W^T y>: the backward's taps hold every pair of the forward's map
     assert np.sum(out * y) == pytest.approx(np.sum(x * family.backward(y, cache)), rel=1e-12)
 
 

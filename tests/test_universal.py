@@ -41,7 +41,8 @@ def test_the_patch_gradient_is_the_finite_differences():
     theta = placements(rng, 3, 4)
     dout = rng.standard_normal(x.shape)
     numeric = numerical_gradient(lambda: paste(x, patch, theta)[0], patch, dout)
-    np.testing.assert_allclose(patch_gradient(dout, theta, 4), numeric, rtol=1e-6, atol=1e-8)
+    cache = paste(x, patch, theta)[1]
+    np.testing.assert_allclose(patch_gradient(dout, cache, 4), numeric, rtol=1e-6, atol=1e-8)
 
 
 @pytest.fixture(scope="module")
