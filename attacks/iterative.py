@@ -9,6 +9,8 @@ because its loss surface is bent near the data (gradient masking) falls to PGD.
 A targeted attack walks *down* the cross-entropy of a chosen wrong class instead of up the true
 class's; a fooling image is one targeted signed step from pure noise.
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from nn.backend import device_of, to_device, to_numpy, xp_of
@@ -38,10 +40,23 @@ def where_rows(mask, a, b):
     return xp.where(xp.reshape(mask, (-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
-def keep_first_hit(first, found, x_adv, hit):
-    """(first, found) after one more iterate x_adv: the images that `hit` (N,) bool for the
-    first time take x_adv into `first` (like x_adv); found (N,) says who has hit so far."""
-    return where_rows(hit & ~found, x_adv, first), found | hit
+def retire(s, alive, hit, found, result):
+    """Where an attack's images leave its batch at their first success: the images of `alive`
+    (host indices into the whole batch) that `hit` (device bool, one per row of the state s, a
+    namespace of arrays) marks are set in `found` (host bool, whole batch), their iterate
+    s.x_adv is written into `result` (like the whole batch), and their rows are dropped from
+    every array of s (0-d arrays and None stay). Returns (the images still standing, result).
+    Every step of these attacks is per image, so the others walk on as in the whole batch."""
+    hit = to_numpy(hit).astype(bool)
+    if not hit.any():
+        return alive, result
+    found[alive[hit]] = True
+    result = put_rows(result, alive[hit], take_rows(s.x_adv, np.flatnonzero(hit)))
+    keep = np.flatnonzero(~hit)
+    for name, value in vars(s).items():
+        if value is not None and value.ndim:
+            setattr(s, name, take_rows(value, keep))
+    return alive[~hit], result
 
 
 def take_rows(x, index):
@@ -100,9 +115,10 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
 
     keep_first: per image, return the first iterate that succeeds (argmax != labels when
     untargeted, == labels when targeted), so that an image broken by any iterate counts as
-    broken even if later steps wander back; the last iterate where none succeeds. The steps stop
-    once every image has succeeded: none could change the result. Each step's
-    forward pass already classifies its iterate; only the last iterate costs one more forward.
+    broken even if later steps wander back; the last iterate where none succeeds. An image
+    leaves the batch at its first success (no step could change its result), and the steps
+    stop once every image has left. Each step's forward pass already classifies its iterate;
+    only the last iterate costs one more forward.
     transform, samples, rng: follow the expected gradient over random transformations instead
     (`expected_gradient`); keep_first must then be False (success depends on the transform).
     """
@@ -112,23 +128,26 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
     eps, step = per_image(eps, x), per_image(step, x)
     low, high = input_box(x, eps)
     x_adv = x if start is None else project(start, low, high)
-    found = xp.zeros(x.shape[0], dtype=xp.bool, device=device_of(x))
-    first = x_adv
+    # with keep_first, the images not yet successful (host indices into x) and their state
+    s = SimpleNamespace(x_adv=x_adv, low=low, high=high, labels=labels, step=step, dx=None)
+    alive, found, result = np.arange(x.shape[0]), np.zeros(x.shape[0], dtype=bool), x_adv
     with eval_mode(model):
         for i in range(steps + keep_first):
             if i == steps:  # the last iterate: a forward pass only
-                logits, dx = model.forward(x_adv), None
+                logits, s.dx = model.forward(s.x_adv), None
                 model.clear_caches()
             else:
-                logits, dx = expected_gradient(model, x_adv, labels, transform, samples, rng)
+                logits, s.dx = expected_gradient(model, s.x_adv, s.labels, transform, samples, rng)
             if keep_first:
-                hit = (xp.argmax(logits, axis=1) == labels) == (direction < 0)
-                first, found = keep_first_hit(first, found, x_adv, hit)
-                if bool(xp.all(found)):  # every image has its first success: no step can change it
+                hit = (xp.argmax(logits, axis=1) == s.labels) == (direction < 0)
+                alive, result = retire(s, alive, hit, found, result)
+                if alive.size == 0:  # every image has its first success: no step can change it
                     break
-            if dx is not None:
-                x_adv = project(x_adv + (direction * step) * xp.sign(dx), low, high)
-    return where_rows(found, first, x_adv) if keep_first else x_adv
+            if s.dx is not None:
+                s.x_adv = project(s.x_adv + (direction * s.step) * xp.sign(s.dx), s.low, s.high)
+    if not keep_first:
+        return s.x_adv
+    return put_rows(result, alive, s.x_adv) if alive.size else result
 
 
 def uniform_start(x, eps, rng):

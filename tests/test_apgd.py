@@ -130,6 +130,22 @@ def test_apgd_stops_once_every_image_is_broken(monkeypatch):
         np.testing.assert_allclose(got[i], expected, rtol=0, atol=1e-12)
 
 
+def test_a_broken_image_leaves_the_batch(monkeypatch):
+    """The batch costs what its images cost one at a time: each pass carries only the images
+    not yet misclassified, and an image alone stops at its first hit."""
+    x, t = batch(3, 9)
+    calls = counting(MODEL64, monkeypatch)
+    alone = []
+    for i in range(len(x)):
+        calls.clear()
+        apgd_run(MODEL64, x[i:i + 1], t[i:i + 1], 0.15, 30, "ce")
+        alone.append(len(calls))
+    calls.clear()
+    _, found = apgd_run(MODEL64, x, t, 0.15, 30, "ce")
+    assert 0 < int(np.sum(found)) < len(x) and min(alone) < 31 == max(alone)
+    assert sum(calls) == sum(alone) and calls == sorted(calls, reverse=True)
+
+
 @given(seed=seeds, eps=st.floats(0.05, 0.4), n_targets=st.integers(1, CLASSES - 1))
 def test_apgd_targeted_is_one_targeted_run_per_class_until_one_succeeds(seed, eps, n_targets):
     x, t = batch(seed, 6)

@@ -161,6 +161,25 @@ def test_keep_first_returns_the_first_successful_iterate(seed, bn, steps, target
                                   expected)
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_a_successful_image_leaves_the_batch(monkeypatch, targeted):
+    """With keep_first the batch costs what its images cost one at a time: each pass carries
+    only the images not yet successful."""
+    model = MODELS[False]
+    x, t = random_batch(5, 12)
+    labels, direction = ((t + 1) % 10, -1.0) if targeted else (t, 1.0)
+    calls = counting(model, monkeypatch)
+    alone = []
+    for i in range(len(x)):
+        calls.clear()
+        signed_steps(model, x[i:i + 1], labels[i:i + 1], 0.1, 0.02, 10, direction)
+        alone.append(len(calls))
+    calls.clear()
+    signed_steps(model, x, labels, 0.1, 0.02, 10, direction)
+    assert min(alone) < max(alone)
+    assert sum(calls) == sum(alone) and calls == sorted(calls, reverse=True)
+
+
 def test_pgd_stops_once_every_image_has_succeeded(monkeypatch):
     """A batch that every iterate already breaks costs one pass, not steps + 1 (keep_first);
     without keep_first (PGD training's last iterate) every step runs."""
