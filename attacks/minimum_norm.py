@@ -37,6 +37,8 @@ the model misclassifies (uniform noise), off the data point where a masked gradi
 and shrink onto the boundary from the far side. A final bisection on the segment from x to the
 best point removes DDN's last few percent of radius oscillation.
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from nn.backend import device_of, to_numpy, xp_of
@@ -44,7 +46,7 @@ from nn.losses import one_hot, softmax_cross_entropy
 from nn.model import eval_mode
 
 from .gradient import loss_and_gradients
-from .iterative import put_rows, ranked_targets, take_rows, where_rows
+from .iterative import put_rows, ranked_targets, retire, take_rows, where_rows
 
 ETA, BETA, ALPHA_MAX = 1.05, 0.9, 0.1  # AutoAttack's settings of FAB
 
@@ -90,7 +92,8 @@ def _linf(a):
     return xp.max(xp.abs(xp.reshape(a, (a.shape[0], -1))), axis=1)
 
 
-def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alpha_max=ALPHA_MAX):
+def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alpha_max=ALPHA_MAX,
+            stop_at=None):
     """One targeted FAB run: (x_best like x, dist (N,): |x_best - x| in L-infinity, inf where no
     misclassified point was found; x_best is x there).
 
@@ -98,33 +101,43 @@ def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alph
     z_target = z_label each step projects onto; `steps` iterations of one forward and one
     backward pass at x_k plus one forward at x_{k+1}; from `start` (like x; default x).
     The gradient of z_target - z_label is one backward pass of dout = onehot(target) - onehot(t).
+    stop_at: an image leaves the batch once it has a misclassified point within this distance
+    (FAB-T asks no more), with that point; the others go on as in the whole batch.
     """
     xp = xp_of(x)
     N = x.shape[0]
-    x0 = xp.reshape(x, (N, -1))
-    x_k, best = (x if start is None else start), x
-    dist = xp.full(N, xp.inf, dtype=x.dtype, device=device_of(x))
+    # the images still searched (host indices into x) and, row for row, their state
+    s = SimpleNamespace(x=x, x0=xp.reshape(x, (N, -1)), x_k=x if start is None else start,
+                        best=x, dist=xp.full(N, xp.inf, dtype=x.dtype, device=device_of(x)),
+                        t=t, target=target)
+    alive, results = np.arange(N), {"best": s.best, "dist": s.dist}
     with eval_mode(model):
         for _ in range(steps):
-            logits = model.forward(x_k)
-            dout = one_hot(target, logits.shape[1], logits) - one_hot(t, logits.shape[1], logits)
+            if alive.size == 0:
+                break
+            n = alive.size
+            logits = model.forward(s.x_k)
+            dout = (one_hot(s.target, logits.shape[1], logits)
+                    - one_hot(s.t, logits.shape[1], logits))
             dg, _ = model.backward(dout, param_grads=False)
-            w, flat_k = xp.reshape(dg, (N, -1)), xp.reshape(x_k, (N, -1))
+            w, flat_k = xp.reshape(dg, (n, -1)), xp.reshape(s.x_k, (n, -1))
             b = xp.sum(w * flat_k, axis=1) - xp.sum(logits * dout, axis=1)
-            d = project_linf(xp.concat([flat_k, x0], axis=0), xp.concat([w, w], axis=0),
+            d = project_linf(xp.concat([flat_k, s.x0], axis=0), xp.concat([w, w], axis=0),
                              xp.concat([b, b], axis=0))
-            d_k, d_0 = d[:N, ...], d[N:, ...]
+            d_k, d_0 = d[:n, ...], d[n:, ...]
             size_k, size_0 = xp.maximum(_linf(d_k), 1e-8), xp.maximum(_linf(d_0), 1e-8)
             alpha = xp.minimum(size_k / (size_k + size_0), alpha_max)[:, None]
             x_new = xp.reshape(xp.clip((1 - alpha) * (flat_k + eta * d_k)
-                                       + alpha * (x0 + eta * d_0), 0.0, 1.0), x.shape)
-            adv = xp.argmax(model.forward(x_new), axis=1) != t
-            size = _linf(x_new - x)
-            closer = adv & (size < dist)
-            best, dist = where_rows(closer, x_new, best), xp.where(closer, size, dist)
-            x_k = where_rows(adv, x + beta * (x_new - x), x_new)
+                                       + alpha * (s.x0 + eta * d_0), 0.0, 1.0), s.x.shape)
+            adv = xp.argmax(model.forward(x_new), axis=1) != s.t
+            size = _linf(x_new - s.x)
+            closer = adv & (size < s.dist)
+            s.best, s.dist = where_rows(closer, x_new, s.best), xp.where(closer, size, s.dist)
+            s.x_k = where_rows(adv, s.x + beta * (x_new - s.x), x_new)
+            if stop_at is not None:
+                alive = retire(s, alive, s.dist <= stop_at, np.zeros(N, dtype=bool), results)
         model.clear_caches()
-    return best, dist
+    return put_rows(results["best"], alive, s.best), put_rows(results["dist"], alive, s.dist)
 
 
 def fab_targeted(model, x, t, eps, steps=100, n_target_classes=9, restarts=1, rng=None):
@@ -132,7 +145,8 @@ def fab_targeted(model, x, t, eps, steps=100, n_target_classes=9, restarts=1, rn
     turn, on the images not yet broken: x (N, C, H, W) in [0, 1], t (N,) -> x_adv like x.
 
     An image is broken, and takes FAB's point, where that point is misclassified and within eps
-    of it (|x_adv - x| <= eps); the others come back unchanged. AutoAttack's standard version
+    of it (|x_adv - x| <= eps): the first such point, as each run stops searching an image
+    there (fab_run's stop_at); the others come back unchanged. AutoAttack's standard version
     runs restarts=1 from x itself; further restarts start from a uniform random point at
     L-infinity distance eps / 2 (host generator rng, needed then).
     """
@@ -152,7 +166,7 @@ def fab_targeted(model, x, t, eps, steps=100, n_target_classes=9, restarts=1, rn
                 start = xp.clip(x_todo + xp.asarray(0.5 * eps * u, dtype=x.dtype,
                                                     device=device_of(x)), 0.0, 1.0)
             out, dist = fab_run(model, x_todo, take_rows(t, todo),
-                                take_rows(order[:, rank], todo), steps, start)
+                                take_rows(order[:, rank], todo), steps, start, stop_at=eps)
             hit = np.flatnonzero(to_numpy(dist <= eps))
             x_adv = put_rows(x_adv, todo[hit], take_rows(out, hit))
             broken[todo[hit]] = True

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attacks.minimum_norm import fab_run, fab_targeted, project_linf
-from helpers import assert_like
+from helpers import assert_like, counting
 from nn import Dense, Flatten, ReLU, Sequential, eval_mode
 from nn.gradcheck import as_float64
 from test_apgd import CLASSES, backend_case, batch, tiny_model
@@ -130,6 +130,26 @@ def test_fab_finds_the_minimal_perturbation_of_a_linear_model(seed):
         np.testing.assert_allclose(np.abs(adv - x).reshape(len(t), -1).max(axis=1), dist)
         with eval_mode(model):
             assert np.all(np.argmax(model.forward(adv), axis=1) != t)
+
+
+def test_an_image_within_stop_at_leaves_the_run(monkeypatch):
+    """With stop_at, the images that reach a misclassified point that close leave the batch
+    there; the run finds the same images within it, and the others' points and distances are
+    those of the whole run."""
+    model, x, t, exact = linear_case(2)
+    eps = float(np.median(exact.min(axis=1)))
+    target = (t + 1) % 10
+    calls = counting(model, monkeypatch)
+    whole, dist = fab_run(model, x, t, target, steps=50)
+    passes = sum(calls)
+    calls.clear()
+    early, early_dist = fab_run(model, x, t, target, steps=50, stop_at=eps)
+    within = dist <= eps
+    assert 0 < within.sum() < len(t) and sum(calls) < passes
+    np.testing.assert_array_equal(early_dist <= eps, within)
+    np.testing.assert_array_equal(early[~within], whole[~within])
+    np.testing.assert_array_equal(early_dist[~within], dist[~within])
+    np.testing.assert_allclose(np.abs(early - x).reshape(len(t), -1).max(axis=1), early_dist)
 
 
 def test_fab_targeted_breaks_exactly_the_images_within_eps():
