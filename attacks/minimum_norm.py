@@ -19,23 +19,15 @@ moves back toward the original, x_0 + beta (x_{k+1} - x_0) with beta = 0.9, so t
 search closer in. FAB-T runs this toward each of the top wrong classes of the clean logits in
 turn; an image is broken when a misclassified point within eps was found.
 
-DDN, Decoupled Direction and Norm (Rony et al. 2019, "Decoupling Direction and Norm for
-Efficient Gradient-Based L2 Adversarial Attacks and Defenses"), untargeted. PGD in an L2 ball
-of fixed radius answers "is there an adversarial point within eps?"; bisecting eps around it
-finds a minimum only if every run from the image itself succeeds whenever it can. DDN instead
-keeps one radius eps_k per image and adapts it as it goes: each step
+DDN (Rony et al. 2019, "Decoupling Direction and Norm ..."), untargeted, L2, keeps one radius
+eps_k per image and adapts it as it goes: each step
     delta <- delta + alpha_k g / ||g||                 (g = dJ/dx at x + delta, J cross-entropy)
     eps_k <- eps_k (1 - gamma) if x + delta was adversarial, else eps_k (1 + gamma)
     delta <- clip(x + eps_k delta / ||delta||, 0, 1) - x
 so the direction comes from the gradient and the size from whether the last point crossed the
-boundary; alpha_k falls from 1 to 0.01 on a cosine schedule. Every adversarial iterate smaller
-than the best so far is remembered. Where the gradient is zero (||g|| < 1e-12: a saturated or
-thresholded input, gradient masking), the step goes along a random unit direction instead
-(Rony et al.'s reference code does the same), and eps_k keeps growing until the iterate reaches
-a place where the model has a gradient; `restarts` further runs start from a random image that
-the model misclassifies (uniform noise), off the data point where a masked gradient misleads,
-and shrink onto the boundary from the far side. A final bisection on the segment from x to the
-best point removes DDN's last few percent of radius oscillation.
+boundary; alpha_k falls from 1 to 0.01 on a cosine schedule. Where the gradient is zero
+(gradient masking) the step takes a random unit direction (as Rony et al.'s code does);
+`restarts` start from misclassified uniform noise, and a final bisection toward x ends it.
 """
 from types import SimpleNamespace
 
@@ -101,24 +93,20 @@ def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alph
     z_target = z_label each step projects onto; `steps` iterations of one forward and one
     backward pass at x_k plus one forward at x_{k+1}; from `start` (like x; default x).
     The gradient of z_target - z_label is one backward pass of dout = onehot(target) - onehot(t).
-    stop_at: an image leaves the batch once it has a misclassified point within this distance
-    (FAB-T asks no more), with that point; the others go on as in the whole batch.
+    stop_at: an image leaves once it has a misclassified point this close (FAB-T asks no more).
     """
     xp = xp_of(x)
     N = x.shape[0]
-    # the images still searched (host indices into x) and, row for row, their state
     s = SimpleNamespace(x=x, x0=xp.reshape(x, (N, -1)), x_k=x if start is None else start,
                         best=x, dist=xp.full(N, xp.inf, dtype=x.dtype, device=device_of(x)),
                         t=t, target=target)
     alive, results = np.arange(N), {"best": s.best, "dist": s.dist}
     with eval_mode(model):
         for _ in range(steps):
-            if alive.size == 0:
+            if (n := alive.size) == 0:
                 break
-            n = alive.size
             logits = model.forward(s.x_k)
-            dout = (one_hot(s.target, logits.shape[1], logits)
-                    - one_hot(s.t, logits.shape[1], logits))
+            dout = one_hot(s.target, logits.shape[1], logits) - one_hot(s.t, logits.shape[1], logits)
             dg, _ = model.backward(dout, param_grads=False)
             w, flat_k = xp.reshape(dg, (n, -1)), xp.reshape(s.x_k, (n, -1))
             b = xp.sum(w * flat_k, axis=1) - xp.sum(logits * dout, axis=1)
@@ -144,9 +132,8 @@ def fab_targeted(model, x, t, eps, steps=100, n_target_classes=9, restarts=1, rn
     """FAB-T: FAB toward each of the top n_target_classes wrong classes of the clean logits in
     turn, on the images not yet broken: x (N, C, H, W) in [0, 1], t (N,) -> x_adv like x.
 
-    An image is broken, and takes FAB's point, where that point is misclassified and within eps
-    of it (|x_adv - x| <= eps): the first such point, as each run stops searching an image
-    there (fab_run's stop_at); the others come back unchanged. AutoAttack's standard version
+    An image is broken, and takes FAB's first point within eps of it (fab_run's stop_at),
+    where one is misclassified; the others come back unchanged. AutoAttack's standard version
     runs restarts=1 from x itself; further restarts start from a uniform random point at
     L-infinity distance eps / 2 (host generator rng, needed then).
     """
