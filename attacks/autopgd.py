@@ -93,7 +93,7 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halv
     s = SimpleNamespace(t=t, low=low, high=high, target=target, x_adv=x_adv,
                         step=per_image(xp.full(x.shape[0], 2.0 * eps, dtype=x.dtype,
                                                device=device_of(x)), x))
-    results, found = {"x_adv": x_adv}, np.zeros(x.shape[0], dtype=bool)
+    results = {"x_adv": x_adv}
     reviews, last_review = checkpoints(steps), 0
     with eval_mode(model):
         r = loss_and_gradients(model, x_adv, t, loss_fn=objective(loss, target), param_grads=False)
@@ -103,7 +103,7 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halv
         # at the first checkpoint only the share of rising steps can halve a step
         s.halved = xp.ones(x.shape[0], dtype=xp.bool, device=device_of(x))
         s.best_at_review = r.loss
-        alive = retire(s, alive, xp.argmax(r.logits, axis=1) != t, found, results)
+        alive = retire(s, alive, xp.argmax(r.logits, axis=1) != t, results)
         for i in range(1, steps + 1):
             if alive.size == 0:  # every image has its first hit, which is what is returned
                 break
@@ -114,7 +114,7 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halv
             r = loss_and_gradients(model, s.x_adv, s.t, loss_fn=objective(loss, s.target),
                                    param_grads=False)
             s.loss, s.dx = r.loss, r.dx
-            alive = retire(s, alive, xp.argmax(r.logits, axis=1) != s.t, found, results)
+            alive = retire(s, alive, xp.argmax(r.logits, axis=1) != s.t, results)
             before = xp.zeros_like(s.current) if i == 1 and halving == "autoattack" else s.current
             s.rises = s.rises + xp.astype(s.loss > before, s.rises.dtype)
             s.current, s.grad = s.loss, s.dx
@@ -133,6 +133,8 @@ def apgd_run(model, x, t, eps, steps=100, loss="ce", target=None, rng=None, halv
                 s.grad = where_rows(halve, s.grad_best, s.grad)
                 s.rises = xp.zeros_like(s.rises)
         model.clear_caches()
+    found = np.ones(x.shape[0], dtype=bool)
+    found[alive] = False  # an image leaves the batch at its first hit, and only then
     return put_rows(results["x_adv"], alive, s.x_best), xp.asarray(found, device=device_of(x))
 
 

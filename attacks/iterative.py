@@ -40,17 +40,17 @@ def where_rows(mask, a, b):
     return xp.where(xp.reshape(mask, (-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
-def retire(s, alive, hit, found, results):
-    """Where an attack's images leave its batch once done: the images of `alive` (host indices
-    into the whole batch) that `hit` (device bool, one per row of the state s, a namespace of
-    arrays) marks are set in `found` (host bool, whole batch); each entry of `results` (name ->
-    array of the whole batch) takes their rows of s.<name>; their rows are dropped from every
-    array of s (0-d arrays and None stay). Returns the images still standing. Every step of
-    these attacks is per image, so the others walk on as they would in the whole batch."""
+def retire(s, alive, hit, results):
+    """Where an attack's images leave its batch once done: each entry of `results` (name ->
+    array of the whole batch) takes, for the images of `alive` (host indices into the whole
+    batch) that `hit` (device bool, one per row of the state s, a namespace of arrays) marks,
+    their rows of s.<name>; their rows are dropped from every array of s (0-d arrays and None
+    stay). Returns the images still standing: an image is done exactly when it is no longer
+    there. Every step of these attacks is per image, so the others walk on as they would in the
+    whole batch."""
     hit = to_numpy(hit).astype(bool)
     if not hit.any():
         return alive
-    found[alive[hit]] = True
     for name, whole in results.items():
         results[name] = put_rows(whole, alive[hit], take_rows(getattr(s, name), np.flatnonzero(hit)))
     keep = np.flatnonzero(~hit)
@@ -131,7 +131,7 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
     x_adv = x if start is None else project(start, low, high)
     # with keep_first, the images not yet successful (host indices into x) and their state
     s = SimpleNamespace(x_adv=x_adv, low=low, high=high, labels=labels, step=step, dx=None)
-    alive, found, results = np.arange(x.shape[0]), np.zeros(x.shape[0], dtype=bool), {"x_adv": x_adv}
+    alive, results = np.arange(x.shape[0]), {"x_adv": x_adv}
     with eval_mode(model):
         for i in range(steps + keep_first):
             if i == steps:  # the last iterate: a forward pass only
@@ -141,7 +141,7 @@ def signed_steps(model, x, labels, eps, step, steps, direction=1.0, start=None, 
                 logits, s.dx = expected_gradient(model, s.x_adv, s.labels, transform, samples, rng)
             if keep_first:
                 hit = (xp.argmax(logits, axis=1) == s.labels) == (direction < 0)
-                alive = retire(s, alive, hit, found, results)
+                alive = retire(s, alive, hit, results)
                 if alive.size == 0:  # every image has its first success: no step can change it
                     break
             if s.dx is not None:

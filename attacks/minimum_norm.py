@@ -123,7 +123,7 @@ def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alph
             s.best, s.dist = where_rows(closer, x_new, s.best), xp.where(closer, size, s.dist)
             s.x_k = where_rows(adv, s.x + beta * (x_new - s.x), x_new)
             if stop_at is not None:
-                alive = retire(s, alive, s.dist <= stop_at, np.zeros(N, dtype=bool), results)
+                alive = retire(s, alive, s.dist <= stop_at, results)
         model.clear_caches()
     return put_rows(results["best"], alive, s.best), put_rows(results["dist"], alive, s.dist)
 

@@ -50,8 +50,8 @@ def paste(x, patch, theta):
     xp = xp_of(x)
     canvas, mask = (_like(np.broadcast_to(a, x.shape).copy(), x)
                     for a in patch_canvas(patch, x.shape[-1]))
-    placed, cache = warp_forward(canvas, theta)
-    m, _ = warp_forward(mask, theta)
+    both, cache = warp_forward(xp.concat([canvas, mask], axis=1), theta)  # one map, two channels
+    placed, m = both[:, :1, ...], both[:, 1:, ...]
     return xp.clip((1 - m) * x + placed, 0.0, 1.0), cache
 
 

@@ -58,10 +58,10 @@ def warp_forward(x, theta):
     px, py = _source(theta, rows[None], cols[None], H, W)                          # (N, HW)
     x0, y0 = np.floor(px), np.floor(py)
     corners = [(x0 + dx, y0 + dy) for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1))]
-    index = np.stack([np.clip(Y, 0, H - 1) * W + np.clip(X, 0, W - 1) for X, Y in corners], 1)
+    index = np.stack([np.clip(Y, 0, H - 1) * W + np.clip(X, 0, W - 1) for X, Y in corners],
+                     1).astype(np.int64)
     weight = np.stack([_tent(px - X) * _tent(py - Y) * ((X >= 0) & (X < W) & (Y >= 0) & (Y < H))
                        for X, Y in corners], 1)                                    # (N, 4, HW)
-    index = index.astype(np.int64)
     return _gather(x, index, weight), (index, weight)
 
 
