@@ -84,10 +84,20 @@ from benchmarks.ours import (  # noqa: E402
 )
 from benchmarks.report import EVAL_KEYS, log, to_unit  # noqa: E402
 from benchmarks.torch_reference import Torch, check_same_network, torch_or_none  # noqa: E402
-from nn import EVAL_BATCH  # noqa: E402
+from nn import EVAL_BATCH, parallel  # noqa: E402
 from nn.backend import reuse_host_memory  # noqa: E402
 
 MIN_ROUNDS, MAX_ROUNDS = 2, 12
+
+
+def machine_matmul(reps, torch):
+    """matmul_gflops on OpenBLAS's own threads, whether or not our batches are split."""
+    split = parallel.threads()
+    parallel.use_threads(1)
+    try:
+        return matmul_gflops(2048, reps, torch)
+    finally:
+        parallel.use_threads(split)
 
 
 def main(argv=None):
@@ -102,6 +112,9 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="measure ours only")
     ap.add_argument("--default-malloc", action="store_true",
                     help="skip nn.backend.reuse_host_memory() (train.py calls it), to see its effect")
+    ap.add_argument("--no-split", action="store_true",
+                    help="skip nn.parallel.use_host_threads() (train.py's batches split over the "
+                         "cores), to see its effect: one thread of ours, OpenBLAS's own threads")
     ap.add_argument("--json", metavar="PATH", help="write every result and raw timing here")
     ap.add_argument("--profile", action="store_true",
                     help="also time every layer's forward/backward of our standard step")
@@ -136,6 +149,8 @@ def main(argv=None):
             torch.set_num_threads(args.threads)
     env = report.environment(torch)
     env["threads_flag"] = args.threads
+    env["split_threads"] = 1 if args.no_split else parallel.use_host_threads()
+    print(f"batches split over {env['split_threads']} thread(s) (nn/parallel.py)")
     x, t, images, labels = make_data(n_eval)
 
     benches = {}
@@ -150,13 +165,13 @@ def main(argv=None):
 
     log("matmul reference (start) ...")
     mm_reps = 2 if args.quick else 5
-    mm = [matmul_gflops(2048, mm_reps, torch)]
+    mm = [machine_matmul(mm_reps, torch)]
     warm_up(benches, checks, n_eval)
     samples, paired, rounds = run_rounds(benches, frameworks, reps, rounds, args.budget, n_eval,
                                          t_start)
     env["loadavg_after_rounds"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     log("matmul reference (end) ...")
-    mm.append(matmul_gflops(2048, mm_reps, torch))
+    mm.append(machine_matmul(mm_reps, torch))
     results = report.summarize(samples, paired)
     flops = gflops(x, mm, results)
 

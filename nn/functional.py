@@ -43,8 +43,13 @@ def _from_channel_rows(rows, shape):
     return xp.permute_dims(xp.reshape(rows, (C, H, W, N)), (3, 0, 1, 2))
 
 
+def unsplit(*parts):
+    """A batch norm's `total` when the batch is not split: its sums are the whole batch's."""
+    return parts
+
+
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
-                       momentum=0.1, eps=1e-5):
+                       momentum=0.1, eps=1e-5, total=unsplit):
     """Normalise each channel (axis 1) of x (N, C) or (N, C, H, W), then scale and shift.
 
     out = gamma * xhat + beta with xhat = (x - mean) / sqrt(var + eps). train=True uses the
@@ -52,26 +57,30 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
     running variance takes the unbiased batch variance, as in PyTorch); train=False uses the
     running statistics and returns them unchanged.
     gamma, beta, running_mean, running_var (C,) -> out like x, cache, (running_mean, running_var).
+    total(*parts) -> parts summed over the threads that each hold a slice of the batch
+    (nn/parallel.py), so that the statistics are the whole batch's; alone, the parts themselves.
     """
     xp = xp_of(x)
     x2 = _channel_rows(x)
-    C, m = x2.shape
+    C = x2.shape[0]
     if train:
-        mean = xp.mean(x2, axis=1)
+        sums, m = total(xp.sum(x2, axis=1), x2.shape[1])
+        mean = sums / m
         centred = x2 - xp.reshape(mean, (C, 1))
-        var = xp.vecdot(centred, centred, axis=-1) / m  # row-wise dot: no centred**2 array
+        # row-wise dot: no centred**2 array
+        var = total(xp.vecdot(centred, centred, axis=-1))[0] / m
         unbiased = var * (m / (m - 1)) if m > 1 else var
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * unbiased
         inv_std = 1.0 / xp.sqrt(var + eps)
         out = centred * xp.reshape(gamma * inv_std, (C, 1)) + xp.reshape(beta, (C, 1))
-        cache = (centred, None, inv_std, gamma, x.shape)
+        cache = (centred, None, inv_std, gamma, x.shape, total)
     else:
         # fixed statistics: one scale and one shift per channel
         inv_std = 1.0 / xp.sqrt(running_var + eps)
         scale = gamma * inv_std
         out = x2 * xp.reshape(scale, (C, 1)) + xp.reshape(beta - running_mean * scale, (C, 1))
-        cache = (x2, running_mean, inv_std, gamma, x.shape)
+        cache = (x2, running_mean, inv_std, gamma, x.shape, total)
     return _from_channel_rows(out, x.shape), cache, (running_mean, running_var)
 
 
@@ -81,12 +90,13 @@ def batch_norm_backward(dout, cache, input_grad=True, param_grads=True):
     dbeta = sum(dout), dgamma = sum(dout * xhat) with xhat = (x - mean) * inv_std;
     train: dx = gamma * inv_std / m * (m * dout - dbeta - xhat * dgamma);
     eval (fixed statistics): dx = gamma * inv_std * dout. dx is None when not input_grad,
-    dgamma and dbeta are None when not param_grads.
+    dgamma and dbeta are None when not param_grads. On a slice of the batch (nn/parallel.py)
+    dgamma and dbeta are the slice's shares, and train mode's dx takes the whole batch's sums.
     """
     xp = xp_of(dout)
     d2 = _channel_rows(dout)
     C, m = d2.shape
-    centred, eval_mean, inv_std, gamma, shape = cache  # eval caches x and its fixed mean
+    centred, eval_mean, inv_std, gamma, shape, total = cache  # eval caches x and its fixed mean
     train = eval_mean is None
     dx = dgamma = dbeta = None
     if train or param_grads:  # train mode's dx needs them too
@@ -98,8 +108,9 @@ def batch_norm_backward(dout, cache, input_grad=True, param_grads=True):
         scale = gamma * inv_std
         dx = d2 * xp.reshape(scale, (C, 1))
         if train:  # the batch statistics depend on x too: xhat*dgamma = centred*inv_std*dgamma
-            dx = (dx - xp.reshape(scale * dbeta / m, (C, 1))
-                  - centred * xp.reshape(scale * inv_std * dgamma / m, (C, 1)))
+            all_dbeta, all_dgamma, m = total(dbeta, dgamma, m)
+            dx = (dx - xp.reshape(scale * all_dbeta / m, (C, 1))
+                  - centred * xp.reshape(scale * inv_std * all_dgamma / m, (C, 1)))
         dx = _from_channel_rows(dx, shape)
     return (dx, dgamma, dbeta) if param_grads else (dx, None, None)
 

@@ -110,7 +110,9 @@ class MaxPool2d(Layer):
 
 
 class _BatchNorm(Layer):
-    """Shared by BatchNorm1d and BatchNorm2d: gamma, beta (C,); running_mean, running_var (C,)."""
+    """Shared by BatchNorm1d and BatchNorm2d: gamma, beta (C,); running_mean, running_var (C,).
+    `total` sums its statistics over the slices of a batch split across threads (nn/parallel.py)."""
+    total = staticmethod(F.unsplit)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -126,7 +128,8 @@ class _BatchNorm(Layer):
                              f"got shape {tuple(x.shape)}")
         out, cache, running = F.batch_norm_forward(
             x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
-            self.buffers["running_var"], train=self.training, momentum=self.momentum, eps=self.eps)
+            self.buffers["running_var"], train=self.training, momentum=self.momentum, eps=self.eps,
+            total=self.total)
         self.buffers["running_mean"], self.buffers["running_var"] = running
         self._remember(cache)
         return out

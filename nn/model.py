@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import parallel
 from .backend import device_of, to_device, to_numpy, xp_of
 from .layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sigmoid
 
@@ -22,6 +23,7 @@ class Sequential:
 
     def __init__(self, *layers):
         self.layers = list(layers)
+        self._split = None  # the replicas of a forward pass split over threads (nn/parallel.py)
 
     def train(self):
         """Training mode: BatchNorm normalises with batch statistics and updates running ones."""
@@ -40,7 +42,11 @@ class Sequential:
         return all(layer.training for layer in self.layers)
 
     def forward(self, x):
-        """x (N, ...) -> output of the last layer; every layer caches what its backward needs."""
+        """x (N, ...) -> output of the last layer; every layer caches what its backward needs.
+        With nn.parallel.use_threads(n), a large batch runs in n slices at once (same numbers)."""
+        if parallel.worth_splitting(self, x):
+            return parallel.forward(self, x)
+        self._split = None
         for layer in self.layers:
             x = layer.forward(x)
         return x
@@ -57,6 +63,8 @@ class Sequential:
         param_grads=False skips every parameter gradient (grads is {}): an attack needs only dx,
         and each convolution and dense layer saves a matrix product.
         """
+        if getattr(self, "_split", None) is not None:
+            return parallel.backward(self, dout, input_grad, param_grads)
         grads = {}
         for i in reversed(range(len(self.layers))):
             dout, layer_grads = self.layers[i].backward(dout, input_grad=input_grad or i > 0,
@@ -111,6 +119,7 @@ class Sequential:
 
     def clear_caches(self):
         """Drop what every layer kept for a backward pass (after forward passes that need none)."""
+        self._split = None
         for layer in self.layers:
             layer._cache = None
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from data.mnist import DATASETS, MNISTError
+from nn import parallel
 from nn.backend import DeviceError, reuse_host_memory
 
 
@@ -87,7 +88,8 @@ def run_cli(prog, run, args, errors=(), interrupted=None):
     import matplotlib
     matplotlib.use("Agg")  # the commands only write figures to files: no window, any thread
     try:
-        return run(args)
+        with parallel.host_threads():  # large batches split over the cores (nn/parallel.py)
+            return run(args)
     except (TrainingError, MNISTError, DeviceError, RunError, *errors) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,164 @@
+"""Data parallelism on the host's cores: one forward and backward pass split over threads.
+
+NumPy runs its element-wise work (im2col, pooling, ReLU, BatchNorm) on one core, and only the
+matrix products use more through OpenBLAS's threads. With `use_threads(n)` a Sequential's
+forward pass on a batch of at least n * MIN_ROWS images on the host instead cuts the batch into
+n slices and runs each, from start to end, in its own thread (NumPy releases the interpreter's
+lock inside its loops and matrix products), with one BLAS thread each: every kind of work runs
+on every core. Its backward pass runs the same split in reverse.
+
+Each thread has a replica of the model: copies of its layers that share their parameters (one
+optimizer step updates them all) but keep their own caches. The replicas' outputs and input
+gradients are concatenated and their parameter gradients summed, so the caller sees the whole
+batch's numbers, up to float rounding. BatchNorm's statistics must be the whole batch's too:
+its replicas meet at a barrier to sum their partial sums (`_Totals`), like PyTorch's
+SyncBatchNorm. A model with Dropout is never split (its masks would come in thread order).
+"""
+import contextvars
+import copy
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+
+from .layers import Dropout, _BatchNorm
+
+MIN_ROWS = 16  # images per thread below which a split costs more than it saves
+
+_threads = 1
+_pool = None
+_blas_limit = None
+_lock = threading.Lock()  # one split pass at a time: the threads' barriers must pair up
+
+
+def use_threads(n):
+    """Split large host batches over n threads from now on (1: never), each with one BLAS thread
+    (n > 1 sets OpenBLAS to one thread for the process; 1 gives it back its threads)."""
+    global _threads, _pool, _blas_limit
+    from threadpoolctl import threadpool_limits
+    if _blas_limit is not None:
+        _blas_limit.restore_original_limits()
+        _blas_limit = None
+    if _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _threads = max(1, int(n))
+    if _threads > 1:
+        _blas_limit = threadpool_limits(1, user_api="blas")
+        _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="nn-parallel")
+
+
+def use_host_threads():
+    """use_threads(the BLAS thread count this process was given, e.g. by OPENBLAS_NUM_THREADS):
+    what the entry points call, so that a process told to use one thread stays on one."""
+    from threadpoolctl import threadpool_info
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    use_threads(max(blas, default=1))
+    return _threads
+
+
+@contextmanager
+def host_threads():
+    """use_host_threads() for a block (an entry point's whole run), then one thread again."""
+    try:
+        yield use_host_threads()
+    finally:
+        use_threads(1)
+
+
+def threads():
+    return _threads
+
+
+def worth_splitting(model, x):
+    """Whether model.forward(x) runs split: threads on, a NumPy batch large enough, no Dropout."""
+    return (_threads > 1 and isinstance(x, np.ndarray) and len(x) >= _threads * MIN_ROWS
+            and not getattr(model, "is_replica", False)
+            and not any(isinstance(layer, Dropout) for layer in model.layers))
+
+
+class _Totals:
+    """BatchNorm's `total` for n replicas: each thread hands in its parts, waits for the others,
+    and every thread gets the same sums (added in replica order, so bit for bit the same)."""
+
+    def __init__(self, n):
+        self.parts = [None] * n
+        self.barrier = threading.Barrier(n)
+
+    def of(self, k):
+        def total(*parts):
+            self.parts[k] = parts
+            self.barrier.wait()
+            sums = tuple(sum(p[i] for p in self.parts[1:]) + self.parts[0][i]
+                         for i in range(len(parts)))
+            self.barrier.wait()  # nobody hands in new parts before everyone has read these
+            return sums
+        return total
+
+
+def _replica(model, k, totals):
+    """model's layers, copied: shared parameters, own caches; replica k > 0 updates its own copy
+    of BatchNorm's running statistics (the same numbers as replica 0's, which are the model's)."""
+    layers = []
+    for layer in model.layers:
+        r = copy.copy(layer)
+        r._cache = None
+        if isinstance(layer, _BatchNorm):
+            r.total = totals.of(k)
+            if k > 0:
+                r.buffers = dict(layer.buffers)
+        layers.append(r)
+    replica = type(model).__new__(type(model))
+    replica.__dict__.update(model.__dict__, layers=layers, is_replica=True, _split=None)
+    return replica
+
+
+def _run(fn, n, totals):
+    """fn(0) here and fn(1..n-1) on the pool, each in a copy of this thread's context (NumPy's
+    errstate lives there); their results in order. If one fails, the barrier breaks (no thread
+    waits forever) and the first real error is raised."""
+    def guarded(k):
+        try:
+            return fn(k)
+        except BaseException:
+            totals.barrier.abort()
+            raise
+    with _lock:
+        futures = [_pool.submit(contextvars.copy_context().run, guarded, k)
+                   for k in range(1, n)]
+        results, errors = [], []
+        for k in range(n):
+            try:
+                results.append(guarded(0) if k == 0 else futures[k - 1].result())
+            except BaseException as exc:
+                errors.append(exc)
+    if errors:
+        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                   errors[0])
+    return results
+
+
+def forward(model, x):
+    """model.forward(x), split: x (N, ...) -> the concatenated outputs (N, ...)."""
+    n = _threads
+    bounds = np.linspace(0, len(x), n + 1).astype(int)
+    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    totals = _Totals(n)
+    replicas = [_replica(model, k, totals) for k in range(n)]
+    outs = _run(lambda k: replicas[k].forward(x[slices[k]]), n, totals)
+    model.clear_caches()
+    model._split = (replicas, slices, totals)
+    return np.concatenate(outs, axis=0)
+
+
+def backward(model, dout, input_grad, param_grads):
+    """model.backward after a split forward: each replica on its slice of dout; the input
+    gradients concatenated (None when not input_grad), the parameter gradients summed."""
+    replicas, slices, totals = model._split
+    model._split = None
+    parts = _run(lambda k: replicas[k].backward(dout[slices[k]], input_grad, param_grads),
+                 len(replicas), totals)
+    dx = np.concatenate([p[0] for p in parts], axis=0) if input_grad else None
+    grads = {name: sum(p[1][name] for p in parts[1:]) + parts[0][1][name] for name in parts[0][1]}
+    return dx, grads

@@ -1,0 +1,164 @@
+"""nn/parallel.py: a batch split over threads gives the whole batch's numbers (outputs, input
+and parameter gradients, BatchNorm's statistics and running statistics), small batches and
+Dropout stay whole, and a failing slice raises instead of leaving the others at the barrier."""
+import threading
+
+import numpy as np
+import pytest
+
+from attacks.adversarial_training import adversarial_step, standard_step
+from attacks.gradient import loss_and_gradients
+from nn import SGD, Dropout, Flatten, Sequential, parallel, reference_cnn
+from nn.layers import Layer
+
+
+@pytest.fixture
+def two_threads():
+    parallel.use_threads(2)
+    yield
+    parallel.use_threads(1)
+
+
+def batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def close(a, b):
+    scale = max(float(np.abs(a).max()), 1e-6)
+    np.testing.assert_allclose(a / scale, b / scale, rtol=0, atol=2e-5)
+
+
+def one_pass(bn, train, n, split, **flags):
+    """loss_and_gradients of a fresh reference_cnn on n images; its state after the pass."""
+    model = reference_cnn(batch_norm=bn)
+    model.train() if train else model.eval()
+    x, t = batch(n)
+    parallel.use_threads(2 if split else 1)
+    try:
+        p = loss_and_gradients(model, x, t, **flags)
+        return p, model.state_dict(), model
+    finally:
+        parallel.use_threads(1)
+
+
+@pytest.mark.parametrize("bn, train", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("n", [32, 65])
+def test_a_split_pass_gives_the_whole_batch_numbers(bn, train, n):
+    whole, whole_state, _ = one_pass(bn, train, n, split=False)
+    split, split_state, model = one_pass(bn, train, n, split=True)
+    assert model._split is None  # the backward used it up
+    close(whole.logits, split.logits)
+    close(whole.dx, split.dx)
+    assert whole.grads.keys() == split.grads.keys()
+    for name in whole.grads:
+        if name not in ("0.b", "4.b"):  # a bias before BatchNorm has no gradient: all rounding
+            close(whole.grads[name], split.grads[name])
+    for name in whole_state:  # BatchNorm's running statistics moved by the whole batch's
+        close(whole_state[name], split_state[name])
+
+
+def test_flags_reach_every_slice(two_threads):
+    model = reference_cnn(batch_norm=True)
+    x, t = batch(40)
+    p = loss_and_gradients(model, x, t, input_grad=False)
+    assert p.dx is None and set(p.grads) == set(model.params)
+    p = loss_and_gradients(model, x, t, param_grads=False)
+    assert p.dx.shape == x.shape and p.grads == {}
+
+
+def test_a_split_forward_allows_one_backward(two_threads):
+    model = reference_cnn()
+    x, t = batch(40)
+    logits = model.forward(x)
+    model.backward(np.ones_like(logits))
+    with pytest.raises(RuntimeError, match="without a forward"):
+        model.backward(np.ones_like(logits))
+
+
+@pytest.mark.parametrize("step", ["standard", "adversarial"])
+def test_training_steps_split_follow_the_same_path(step):
+    x, t = batch(64, seed=1)
+    states = []
+    for split in (False, True):
+        model, opt = reference_cnn(batch_norm=True), SGD(lr=0.05, momentum=0.9)
+        parallel.use_threads(2 if split else 1)
+        try:
+            for _ in range(3):
+                if step == "standard":
+                    standard_step(model, opt, x, t)
+                else:
+                    adversarial_step(model, opt, x, t, 0.3)
+        finally:
+            parallel.use_threads(1)
+        states.append(model.state_dict())
+    for name in states[0]:
+        np.testing.assert_allclose(states[0][name], states[1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_small_batches_dropout_and_other_arrays_stay_whole(two_threads):
+    x, _ = batch(2 * parallel.MIN_ROWS)
+    assert parallel.worth_splitting(reference_cnn(), x)
+    assert not parallel.worth_splitting(reference_cnn(), x[:-1])
+    assert not parallel.worth_splitting(Sequential(Dropout(0.5), Flatten()), x)
+    xs = pytest.importorskip("array_api_strict")
+    assert not parallel.worth_splitting(reference_cnn(), xs.asarray(x))
+
+
+class FailsOnBrightImages(Layer):
+    def forward(self, x):
+        if float(x.max()) > 5:
+            raise ValueError("too bright")
+        return x
+
+
+def test_a_failing_slice_raises_and_no_thread_waits(two_threads):
+    """The second slice fails before BatchNorm's barrier; the first, waiting there, is freed."""
+    model = reference_cnn(batch_norm=True)
+    model.layers.insert(1, FailsOnBrightImages())
+    x, _ = batch(40)
+    x[-1] = 10.0
+    outcome = {}
+
+    def run():
+        try:
+            model.forward(x)
+        except Exception as exc:
+            outcome["error"] = exc
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "a split pass hung after one slice failed"
+    assert isinstance(outcome.get("error"), ValueError)
+    x[-1] = 0.5
+    assert model.forward(x).shape == (40, 10)  # the pool still works
+
+
+def test_host_threads_follow_the_blas_setting():
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1, user_api="blas"):
+        with parallel.host_threads() as n:
+            assert n == 1 and parallel.threads() == 1
+    with threadpool_limits(2, user_api="blas"):
+        with parallel.host_threads() as n:
+            assert n == 2 and parallel.threads() == 2
+        assert parallel.threads() == 1
+
+
+class RecordsErrstate(Layer):
+    seen = []
+
+    def forward(self, x):
+        self.seen.append(np.geterr()["over"])
+        return x
+
+
+def test_every_slice_runs_under_the_callers_errstate(two_threads):
+    """The training loop silences overflow with np.errstate, which is per thread: each slice
+    must run in the caller's context, or a diverging run warns from the pool's thread."""
+    model = Sequential(RecordsErrstate(), *reference_cnn().layers)
+    x, _ = batch(40)
+    RecordsErrstate.seen.clear()
+    with np.errstate(over="ignore"):
+        model.forward(x)
+    assert RecordsErrstate.seen == ["ignore", "ignore"]
