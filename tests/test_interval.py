@@ -10,7 +10,7 @@
 """
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from nn import (
@@ -104,14 +104,18 @@ def test_margins_backward_directional(batch_norm, seed, eps):
     grads = margins_backward(net, dlower, cache)
     assert set(grads) == set(net.params)
     for name, p in net.params.items():
-        # a step of 1e-7 (float64): at 1e-6, seed 1042 crossed a ReLU or max-pool kink of the
-        # bounds with BatchNorm, and the difference quotient was 2e-5 off
+        # a step of 1e-7 (float64); where even that crosses a ReLU or max-pool kink of the
+        # bounds (seed 10000, eps 0.1: 0.06% apart) the one-sided quotients disagree, and
+        # there is no derivative to compare with
         v = rng.standard_normal(p.shape)
+        base, _ = margin_loss(net, x, t, eps, dlower)
         p += 1e-7 * v
         plus, _ = margin_loss(net, x, t, eps, dlower)
         p -= 2e-7 * v
         minus, _ = margin_loss(net, x, t, eps, dlower)
         p += 1e-7 * v
+        right, left = (plus - base) / 1e-7, (base - minus) / 1e-7
+        assume(abs(right - left) <= 1e-5 * max(1.0, abs(right)))
         numeric, analytic = (plus - minus) / 2e-7, float(np.sum(grads[name] * v))
         assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, numeric, analytic)
 
