@@ -58,6 +58,10 @@ of each convolution into im2col / matmul / col2im.
 
 --threads N (off by default) limits OpenBLAS (threadpoolctl) and PyTorch to N threads, to see
 how much of a result is thread oversubscription when other processes load the machine.
+
+Ours runs as train.py does: nn.backend.reuse_host_memory(), and batches split over as many
+threads as BLAS has (nn/parallel.py; then each with one BLAS thread, and --profile times the
+whole batch on one). --no-split leaves the split off: one thread of ours, OpenBLAS's own threads.
 """
 import argparse
 import json
