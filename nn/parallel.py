@@ -19,8 +19,11 @@ import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import reduce
+from operator import add
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from .layers import Dropout, _BatchNorm
 
@@ -39,7 +42,6 @@ def use_threads(n):
     """Split large host batches over n threads from now on (1: never), each with one BLAS thread
     (n > 1 sets OpenBLAS to one thread for the process; 1 gives it back its threads)."""
     global _threads, _pool, _blas_limit
-    from threadpoolctl import threadpool_limits
     if _blas_limit is not None:
         _blas_limit.restore_original_limits()
         _blas_limit = None
@@ -55,7 +57,6 @@ def use_threads(n):
 def use_host_threads():
     """use_threads(the BLAS thread count this process was given, e.g. by OPENBLAS_NUM_THREADS):
     what the entry points call, so that a process told to use one thread stays on one."""
-    from threadpoolctl import threadpool_info
     blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     use_threads(max(blas, default=1))
     return _threads
@@ -93,8 +94,7 @@ class _Totals:
         def total(*parts):
             self.parts[k] = parts
             self.barrier.wait()
-            sums = tuple(sum(p[i] for p in self.parts[1:]) + self.parts[0][i]
-                         for i in range(len(parts)))
+            sums = tuple(reduce(add, column) for column in zip(*self.parts))
             self.barrier.wait()  # nobody hands in new parts before everyone has read these
             return sums
         return total
@@ -163,5 +163,5 @@ def backward(model, dout, input_grad, param_grads):
     parts = _run(lambda k: replicas[k].backward(dout[slices[k]], input_grad, param_grads),
                  len(replicas), totals)
     dx = np.concatenate([p[0] for p in parts], axis=0) if input_grad else None
-    grads = {name: sum(p[1][name] for p in parts[1:]) + parts[0][1][name] for name in parts[0][1]}
+    grads = {name: reduce(add, (p[1][name] for p in parts)) for name in parts[0][1]}
     return dx, grads
