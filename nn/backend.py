@@ -14,14 +14,20 @@ class DeviceError(RuntimeError):
     """The requested device cannot be used on this machine (one sentence, for the user)."""
 
 
+_NUMPY = array_namespace(np.empty(0))
+
+
 def xp_of(*arrays):
     """The Array API namespace shared by `arrays` (NumPy's arrays give array_api_compat.numpy)."""
+    # NumPy's arrays answered at once: array_namespace takes 3.7 us a call, 40 calls a step
+    if arrays and all(type(a) is np.ndarray for a in arrays):
+        return _NUMPY
     return array_namespace(*arrays)
 
 
 def device_of(x):
     """The device `x` lives on, in its own library's terms."""
-    return device(x)
+    return "cpu" if type(x) is np.ndarray else device(x)
 
 
 def cupy_or_error():
@@ -43,7 +49,7 @@ def cupy_or_error():
 def namespace_for(device_name):
     """The array module for 'cpu' (NumPy through array_api_compat) or 'gpu' (CuPy)."""
     if device_name == "cpu":
-        return array_namespace(np.empty(0))
+        return _NUMPY
     if device_name == "gpu":
         return array_namespace(cupy_or_error().empty(0))
     raise DeviceError(f"unknown device {device_name!r}: choose 'cpu' or 'gpu'.")

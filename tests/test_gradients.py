@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 
 from nn import losses, naive
 from nn.conv import (
+    _row_length,
     conv2d_backward,
     conv2d_forward,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
+    im2col,
     max_pool2d_backward,
     max_pool2d_forward,
 )
@@ -558,6 +560,19 @@ def test_conv2d_matches_loop_reference(case, seed):
                           naive.conv2d_backward(dout, x, w, stride, padding)):
         assert fast.shape == slow.shape
         np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@given(n=st.integers(1, 100_000), itemsize=st.sampled_from([2, 4, 8]))
+def test_im2col_row_length_is_an_odd_number_of_cache_lines(n, itemsize):
+    width = _row_length(n, itemsize)
+    lines, rest = divmod(width * itemsize, 64)
+    assert rest == 0 and lines % 2 == 1 and n <= width < n + 128 // itemsize
+
+
+def test_im2col_gives_a_view_of_padded_rows():
+    """conv2's columns for 64 images: 4,096 wide in rows of 4,112 floats (257 cache lines)."""
+    cols = im2col(np.ones((64, 32, 12, 12), np.float32), 5, 5, 1, 0, ones=True)
+    assert cols.shape == (801, 4096) and cols.strides == (4112 * 4, 4)
 
 
 @given(case=conv_cases(), seed=seeds)
