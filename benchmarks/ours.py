@@ -173,16 +173,17 @@ def conv_breakdown(layer, x, dout, reps):
     W, b = layer.params["W"], layer.params["b"]
     Fo, C, KH, KW = W.shape
     s_, p_ = layer.stride, layer.padding
-    wb = np.concatenate([W.reshape(Fo, -1), b.reshape(Fo, 1)], axis=1)
+    W2 = conv._rows(W)  # (F, KH*KW*C), the columns' row order (i, j, c)
+    wb = np.concatenate([W2, b.reshape(Fo, 1)], axis=1)
     cols = conv.im2col(x, KH, KW, s_, p_, ones=True)
     d2 = np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1)
-    dcols = W.reshape(Fo, -1).T @ d2
+    dcols = W2.T @ d2
     pieces = {
         "im2col (+ row of ones)": lambda: conv.im2col(x, KH, KW, s_, p_, ones=True),
         "fwd matmul [W b]@cols": lambda: wb @ cols,
         "dout -> (F, OH*OW*N)": lambda: np.transpose(dout, (1, 2, 3, 0)).reshape(Fo, -1),
         "dW, db matmul (cols@d2.T).T": lambda: (cols @ d2.T).T,
-        "dX matmul W.T@d2": lambda: W.reshape(Fo, -1).T @ d2,
+        "dX matmul W.T@d2": lambda: W2.T @ d2,
         "col2im": lambda: conv.col2im(dcols, x.shape, KH, KW, s_, p_),
     }
     out = {"shapes": {"cols": list(cols.shape), "d2": list(d2.shape),
