@@ -84,19 +84,26 @@ def worth_splitting(model, x):
 
 class _Totals:
     """BatchNorm's `total` for n replicas: each thread hands in its parts, waits for the others,
-    and every thread gets the same sums (added in replica order, so bit for bit the same)."""
+    and every thread gets the same sums (added in replica order, so bit for bit the same).
+
+    Calls alternate between two tables of parts, so one barrier per call is enough: a thread
+    can write a table again only two calls later, after the next call's barrier, which every
+    thread reaches only once it has read this call's sums."""
 
     def __init__(self, n):
-        self.parts = [None] * n
+        self.tables = [[None] * n, [None] * n]
         self.barrier = threading.Barrier(n)
 
     def of(self, k):
+        calls = 0
+
         def total(*parts):
-            self.parts[k] = parts
+            nonlocal calls
+            table = self.tables[calls % 2]
+            calls += 1
+            table[k] = parts
             self.barrier.wait()
-            sums = tuple(reduce(add, column) for column in zip(*self.parts))
-            self.barrier.wait()  # nobody hands in new parts before everyone has read these
-            return sums
+            return tuple(reduce(add, column) for column in zip(*table))
         return total
 
 
