@@ -634,6 +634,23 @@ def test_max_pool2d_each_window_sends_its_gradient_to_one_first_maximum(case, le
         assert (r - oh * stride, s - ow * stride) == np.unravel_index(first, window.shape)
 
 
+@given(case=pool_cases(), levels=st.integers(1, 3), seed=seeds)
+def test_max_pool2d_on_a_batch_innermost_input_gives_the_same_numbers_in_its_order(case, levels,
+                                                                                   seed):
+    """A convolution's output keeps the batch innermost in memory (nn/conv.py): pooling it gives
+    the same out and dx as on a C-ordered copy, and dx keeps that memory order."""
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(seed)
+    x = tied_input(rng, (N, C, H, W), levels)
+    batch_last = np.ascontiguousarray(np.transpose(x, (1, 2, 3, 0))).transpose(3, 0, 1, 2)
+    (out, cache), (out_b, cache_b) = (max_pool2d_forward(v, K, stride) for v in (x, batch_last))
+    np.testing.assert_array_equal(out_b, out)
+    dout = rng.standard_normal(out.shape)
+    dx_b = max_pool2d_backward(dout, cache_b)
+    np.testing.assert_array_equal(dx_b, max_pool2d_backward(dout, cache))
+    assert np.argsort(dx_b.strides).tolist() == np.argsort(batch_last.strides).tolist()
+
+
 def test_max_pool2d_all_zero_input_takes_top_left_of_each_window():
     x = np.zeros((1, 1, 4, 4))
     out, cache = max_pool2d_forward(x, 2, 2)
