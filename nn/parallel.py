@@ -88,19 +88,19 @@ class _Totals:
 
     Calls alternate between two tables of parts, so one barrier per call is enough: a thread
     can write a table again only two calls later, after the next call's barrier, which every
-    thread reaches only once it has read this call's sums."""
+    thread reaches only once it has read this call's sums. The count of calls is the replica's,
+    over all its BatchNorm layers (one count per layer would send BN 2's and then BN 1's
+    backward to the same table)."""
 
     def __init__(self, n):
         self.tables = [[None] * n, [None] * n]
+        self.calls = [0] * n
         self.barrier = threading.Barrier(n)
 
     def of(self, k):
-        calls = 0
-
         def total(*parts):
-            nonlocal calls
-            table = self.tables[calls % 2]
-            calls += 1
+            table = self.tables[self.calls[k] % 2]
+            self.calls[k] += 1
             table[k] = parts
             self.barrier.wait()
             return tuple(reduce(add, column) for column in zip(*table))

@@ -173,15 +173,16 @@ def test_every_slice_runs_under_the_callers_errstate(two_threads):
 
 def test_totals_called_back_to_back_give_every_call_its_own_sums():
     """BatchNorm's sums at one barrier per call: threads that call total() again at once (as no
-    layer does, here in a tight loop) still never read a part handed in for the next call."""
+    layer does, here in a tight loop) still never read a part handed in for the next call, also
+    when two layers take turns as in a backward pass (BN 1, BN 2, BN 2, BN 1, ...)."""
     n, calls = 3, 3000
     totals = parallel._Totals(n)
     wrong = []
 
     def replica(k):
-        total = totals.of(k)
+        layers = [totals.of(k), totals.of(k)]  # what _replica gives each BatchNorm layer
         for i in range(calls):
-            (s,) = total(np.array(i * 10 + k))
+            (s,) = layers[(i + 1) // 2 % 2](np.array(i * 10 + k))
             if s != n * i * 10 + n * (n - 1) // 2:
                 wrong.append((k, i, int(s)))
 
