@@ -50,13 +50,18 @@ def _row_sums(rows):
     return rows @ xp.ones(rows.shape[1], dtype=rows.dtype, device=device_of(rows))
 
 
-def unsplit(*parts):
-    """A batch norm's `total` when the batch is not split: its sums are the whole batch's."""
-    return parts
+def alone(*parts):
+    """A batch norm's `exchange` when the batch is not split: its own parts are all there are."""
+    return [parts]
+
+
+def _summed(slices):
+    """[(a, b, ...) per slice] -> (sum of a, sum of b, ...), added in slice order."""
+    return [sum(column[1:], column[0]) for column in zip(*slices)]
 
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
-                       momentum=0.1, eps=1e-5, total=unsplit):
+                       momentum=0.1, eps=1e-5, exchange=alone):
     """Normalise each channel (axis 1) of x (N, C) or (N, C, H, W), then scale and shift.
 
     out = gamma * xhat + beta with xhat = (x - mean) / sqrt(var + eps). train=True uses the
@@ -64,32 +69,40 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
     running variance takes the unbiased batch variance, as in PyTorch); train=False uses the
     running statistics and returns them unchanged.
     gamma, beta, running_mean, running_var (C,) -> out like x, cache, (running_mean, running_var).
-    total(*parts) -> parts summed over the threads that each hold a slice of the batch
-    (nn/parallel.py), so that the statistics are the whole batch's; alone, the parts themselves.
+    exchange(*parts) -> the parts of every thread that holds a slice of the batch, in slice order
+    (nn/parallel.py), so that the statistics are the whole batch's; alone, its own parts.
     """
     xp = xp_of(x)
     x2 = _channel_rows(x)
     C = x2.shape[0]
     if train:
-        sums, m = total(_row_sums(x2), x2.shape[1])
-        mean = sums / m
-        centred = x2 - xp.reshape(mean, (C, 1))
-        # row-wise dot: no centred**2 array
-        var = total(xp.vecdot(centred, centred, axis=-1))[0] / m
+        # each slice centres on its own mean; one exchange then gives the batch's statistics by
+        # Chan et al.'s combination: squares about the batch mean = the slices' squares about
+        # their own means + m_k * (mean_k - mean)**2, with no cancellation of large sums
+        sums = _row_sums(x2)
+        own_mean = sums / x2.shape[1]
+        centred = x2 - xp.reshape(own_mean, (C, 1))
+        slices = exchange(sums, xp.vecdot(centred, centred, axis=-1), x2.shape[1])
+        all_sums, squares, m = _summed(slices)
+        mean = all_sums / m
+        for s_k, _, m_k in slices:
+            squares = squares + m_k * (s_k / m_k - mean) ** 2
+        var = squares / m
+        shift = mean - own_mean  # x - mean = centred - shift (0 alone)
         unbiased = var * (m / (m - 1)) if m > 1 else var
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * unbiased
         inv_std = 1.0 / xp.sqrt(var + eps)
         out = centred * xp.reshape(gamma * inv_std, (C, 1))
-        out += xp.reshape(beta, (C, 1))  # in place: one temporary fewer
-        cache = (centred, None, inv_std, gamma, x.shape, total)
+        out += xp.reshape(beta - shift * gamma * inv_std, (C, 1))  # in place: one temporary fewer
+        cache = (centred, shift, inv_std, gamma, x.shape, exchange, True)
     else:
         # fixed statistics: one scale and one shift per channel
         inv_std = 1.0 / xp.sqrt(running_var + eps)
         scale = gamma * inv_std
         out = x2 * xp.reshape(scale, (C, 1))
         out += xp.reshape(beta - running_mean * scale, (C, 1))
-        cache = (x2, running_mean, inv_std, gamma, x.shape, total)
+        cache = (x2, running_mean, inv_std, gamma, x.shape, exchange, False)
     return _from_channel_rows(out, x.shape), cache, (running_mean, running_var)
 
 
@@ -105,21 +118,22 @@ def batch_norm_backward(dout, cache, input_grad=True, param_grads=True):
     xp = xp_of(dout)
     d2 = _channel_rows(dout)
     C, m = d2.shape
-    centred, eval_mean, inv_std, gamma, shape, total = cache  # eval caches x and its fixed mean
-    train = eval_mean is None
+    # x - mean = centred - shift: train caches x centred on its slice's mean, eval x itself
+    centred, shift, inv_std, gamma, shape, exchange, train = cache
     dx = dgamma = dbeta = None
     if train or param_grads:  # train mode's dx needs them too
         if not train:
-            centred = centred - xp.reshape(eval_mean, (C, 1))
+            centred, shift = centred - xp.reshape(shift, (C, 1)), 0.0
         dbeta = _row_sums(d2)
-        dgamma = xp.vecdot(d2, centred, axis=-1) * inv_std
+        dgamma = (xp.vecdot(d2, centred, axis=-1) - shift * dbeta) * inv_std
     if input_grad:
         scale = gamma * inv_std
         dx = d2 * xp.reshape(scale, (C, 1))
-        if train:  # the batch statistics depend on x too: xhat*dgamma = centred*inv_std*dgamma
-            all_dbeta, all_dgamma, m = total(dbeta, dgamma, m)
-            through_stats = centred * xp.reshape(scale * inv_std * all_dgamma / m, (C, 1))
-            through_stats += xp.reshape(scale * all_dbeta / m, (C, 1))
+        if train:  # the batch statistics depend on x too: xhat*dgamma = (x - mean)*inv_std*dgamma
+            all_dbeta, all_dgamma, m = _summed(exchange(dbeta, dgamma, m))
+            k = scale * inv_std * all_dgamma / m
+            through_stats = centred * xp.reshape(k, (C, 1))
+            through_stats += xp.reshape(scale * all_dbeta / m - shift * k, (C, 1))
             dx -= through_stats  # in place, as above
         dx = _from_channel_rows(dx, shape)
     return (dx, dgamma, dbeta) if param_grads else (dx, None, None)

@@ -111,8 +111,9 @@ class MaxPool2d(Layer):
 
 class _BatchNorm(Layer):
     """Shared by BatchNorm1d and BatchNorm2d: gamma, beta (C,); running_mean, running_var (C,).
-    `total` sums its statistics over the slices of a batch split across threads (nn/parallel.py)."""
-    total = staticmethod(F.unsplit)
+    `exchange` shares its statistics with the slices of a batch split across threads
+    (nn/parallel.py)."""
+    exchange = staticmethod(F.alone)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -129,7 +130,7 @@ class _BatchNorm(Layer):
         out, cache, running = F.batch_norm_forward(
             x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
             self.buffers["running_var"], train=self.training, momentum=self.momentum, eps=self.eps,
-            total=self.total)
+            exchange=self.exchange)
         self.buffers["running_mean"], self.buffers["running_var"] = running
         self._remember(cache)
         return out

@@ -11,8 +11,8 @@ Each thread has a replica of the model: copies of its layers that share their pa
 optimizer step updates them all) but keep their own caches. The replicas' outputs and input
 gradients are concatenated and their parameter gradients summed, so the caller sees the whole
 batch's numbers, up to float rounding. BatchNorm's statistics must be the whole batch's too:
-its replicas meet at a barrier to sum their partial sums (`_Totals`), like PyTorch's
-SyncBatchNorm. A model with Dropout is never split (its masks would come in thread order).
+its replicas meet at a barrier to hand each other their slices' statistics (`_Exchange`), like
+PyTorch's SyncBatchNorm. A model with Dropout is never split (its masks would come in thread order).
 """
 import contextvars
 import copy
@@ -82,9 +82,10 @@ def worth_splitting(model, x):
             and not any(isinstance(layer, Dropout) for layer in model.layers))
 
 
-class _Totals:
-    """BatchNorm's `total` for n replicas: each thread hands in its parts, waits for the others,
-    and every thread gets the same sums (added in replica order, so bit for bit the same).
+class _Exchange:
+    """BatchNorm's `exchange` for n replicas: each thread hands in its parts, waits for the
+    others, and every thread gets every replica's parts in replica order (so all of them combine
+    them bit for bit the same).
 
     Calls alternate between two tables of parts, so one barrier per call is enough: a thread
     can write a table again only two calls later, after the next call's barrier, which every
@@ -98,16 +99,16 @@ class _Totals:
         self.barrier = threading.Barrier(n)
 
     def of(self, k):
-        def total(*parts):
+        def exchange(*parts):
             table = self.tables[self.calls[k] % 2]
             self.calls[k] += 1
             table[k] = parts
             self.barrier.wait()
-            return tuple(reduce(add, column) for column in zip(*table))
-        return total
+            return list(table)
+        return exchange
 
 
-def _replica(model, k, totals):
+def _replica(model, k, exchanges):
     """model's layers, copied: shared parameters, own caches; replica k > 0 updates its own copy
     of BatchNorm's running statistics (the same numbers as replica 0's, which are the model's)."""
     layers = []
@@ -115,7 +116,7 @@ def _replica(model, k, totals):
         r = copy.copy(layer)
         r._cache = None
         if isinstance(layer, _BatchNorm):
-            r.total = totals.of(k)
+            r.exchange = exchanges.of(k)
             if k > 0:
                 r.buffers = dict(layer.buffers)
         layers.append(r)
@@ -124,7 +125,7 @@ def _replica(model, k, totals):
     return replica
 
 
-def _run(fn, n, totals):
+def _run(fn, n, exchanges):
     """fn(0) here and fn(1..n-1) on the pool, each in a copy of this thread's context (NumPy's
     errstate lives there); their results in order. If one fails, the barrier breaks (no thread
     waits forever) and the first real error is raised."""
@@ -132,7 +133,7 @@ def _run(fn, n, totals):
         try:
             return fn(k)
         except BaseException:
-            totals.barrier.abort()
+            exchanges.barrier.abort()
             raise
     with _lock:
         futures = [_pool.submit(contextvars.copy_context().run, guarded, k)
@@ -154,21 +155,21 @@ def forward(model, x):
     n = _threads
     bounds = np.linspace(0, len(x), n + 1).astype(int)
     slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    totals = _Totals(n)
-    replicas = [_replica(model, k, totals) for k in range(n)]
-    outs = _run(lambda k: replicas[k].forward(x[slices[k]]), n, totals)
+    exchanges = _Exchange(n)
+    replicas = [_replica(model, k, exchanges) for k in range(n)]
+    outs = _run(lambda k: replicas[k].forward(x[slices[k]]), n, exchanges)
     model.clear_caches()
-    model._split = (replicas, slices, totals)
+    model._split = (replicas, slices, exchanges)
     return np.concatenate(outs, axis=0)
 
 
 def backward(model, dout, input_grad, param_grads):
     """model.backward after a split forward: each replica on its slice of dout; the input
     gradients concatenated (None when not input_grad), the parameter gradients summed."""
-    replicas, slices, totals = model._split
+    replicas, slices, exchanges = model._split
     model._split = None
     parts = _run(lambda k: replicas[k].backward(dout[slices[k]], input_grad, param_grads),
-                 len(replicas), totals)
+                 len(replicas), exchanges)
     dx = np.concatenate([p[0] for p in parts], axis=0) if input_grad else None
     grads = {name: reduce(add, (p[1][name] for p in parts)) for name in parts[0][1]}
     return dx, grads

@@ -8,7 +8,7 @@ import pytest
 
 from attacks.adversarial_training import adversarial_step, standard_step
 from attacks.gradient import loss_and_gradients
-from nn import SGD, Dropout, Flatten, Sequential, parallel, reference_cnn
+from nn import SGD, BatchNorm2d, Dropout, Flatten, Sequential, parallel, reference_cnn
 from nn.gradcheck import as_float64
 from nn.layers import Layer
 
@@ -63,6 +63,20 @@ def test_a_split_pass_gives_the_whole_batch_numbers(bn, train, n):
             close(whole.grads[name], split.grads[name])
     for name in whole_state:  # BatchNorm's running statistics moved by the whole batch's
         close(whole_state[name], split_state[name])
+
+
+def test_split_batch_norm_combines_slices_far_from_zero_and_from_each_other(two_threads):
+    """Float32 channels around 1,000 whose two slices differ in mean by 3: the split statistics
+    still match the whole batch's float64 ones (a variance from sums of squares about zero
+    would lose every digit: 1,000**2 * float32's 1e-7 is the size of the variance itself)."""
+    model = Sequential(BatchNorm2d(3)).train()
+    rng = np.random.default_rng(0)
+    x = 1000 + rng.standard_normal((SPLIT, 3, 4, 4))
+    x[SPLIT // 2:] += 3
+    assert parallel.worth_splitting(model, x)
+    out = model.forward(x.astype(np.float32))
+    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), rtol=0, atol=2e-3)
 
 
 def test_flags_reach_every_slice(two_threads):
@@ -171,18 +185,18 @@ def test_every_slice_runs_under_the_callers_errstate(two_threads):
     assert RecordsErrstate.seen == ["ignore", "ignore"]
 
 
-def test_totals_called_back_to_back_give_every_call_its_own_sums():
-    """BatchNorm's sums at one barrier per call: threads that call total() again at once (as no
+def test_exchanges_called_back_to_back_give_every_call_its_own_parts():
+    """BatchNorm's exchange at one barrier per call: threads that call it again at once (as no
     layer does, here in a tight loop) still never read a part handed in for the next call, also
     when two layers take turns as in a backward pass (BN 1, BN 2, BN 2, BN 1, ...)."""
     n, calls = 3, 3000
-    totals = parallel._Totals(n)
+    exchanges = parallel._Exchange(n)
     wrong = []
 
     def replica(k):
-        layers = [totals.of(k), totals.of(k)]  # what _replica gives each BatchNorm layer
+        layers = [exchanges.of(k), exchanges.of(k)]  # what _replica gives each BatchNorm layer
         for i in range(calls):
-            (s,) = layers[(i + 1) // 2 % 2](np.array(i * 10 + k))
+            s = sum(p for (p,) in layers[(i + 1) // 2 % 2](np.array(i * 10 + k)))
             if s != n * i * 10 + n * (n - 1) // 2:
                 wrong.append((k, i, int(s)))
 
