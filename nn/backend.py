@@ -25,6 +25,11 @@ def xp_of(*arrays):
     return array_namespace(*arrays)
 
 
+def is_numpy(x):
+    """Whether x is a plain NumPy array: tuning for the host's BLAS applies to it alone."""
+    return type(x) is np.ndarray
+
+
 def device_of(x):
     """The device `x` lives on, in its own library's terms."""
     return "cpu" if type(x) is np.ndarray else device(x)

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from nn import losses, naive
 from nn.conv import (
+    SMALL_K,
+    _product_nt,
     _row_length,
     conv2d_backward,
     conv2d_forward,
@@ -573,6 +575,15 @@ def test_im2col_gives_a_view_of_padded_rows():
     """conv2's columns for 64 images: 4,096 wide in rows of 4,112 floats (257 cache lines)."""
     cols = im2col(np.ones((64, 32, 12, 12), np.float32), 5, 5, 1, 0, ones=True)
     assert cols.shape == (801, 4096) and cols.strides == (4112 * 4, 4)
+
+
+@pytest.mark.parametrize("P", [4 * SMALL_K, 4 * SMALL_K + 37, 3 * SMALL_K])
+def test_long_products_in_pieces_give_the_one_product(P):
+    """conv1's dW (32 x 26 over P columns) in pieces of SMALL_K columns, the last one partial:
+    the same numbers as one product (P = 3 * SMALL_K stays one product)."""
+    rng = np.random.default_rng(P)
+    a, b = rng.standard_normal((32, P)), rng.standard_normal((26, P + 5))[:, :P]
+    np.testing.assert_allclose(_product_nt(a, b), a @ b.T, rtol=1e-12, atol=1e-10)
 
 
 @given(case=conv_cases(), seed=seeds)
