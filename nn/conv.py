@@ -7,7 +7,8 @@ slices over the kernel offsets (KH*KW Python iterations whatever the batch size)
 keeps the loops window by window, and the tests hold the two to the same numbers. Shapes use N
 batch, C channels, H/W height/width, F filters, KH/KW kernel size, OH/OW output size.
 """
-from .backend import device_of, is_numpy, xp_of
+from .backend import device_of, xp_of
+from .functional import product, product_nt
 
 
 def _zeros(shape, like):
@@ -58,25 +59,6 @@ def _row_length(n, itemsize):
     at 48 GFLOP/s on rows of 4,096 floats, 59 on 4,112."""
     line = max(64 // itemsize, 1)
     return (-(-n // line) | 1) * line
-
-
-# Products whose shared axis is far longer than their result (conv1's dW: 32 x 26 over 36,864
-# columns at 64 images) run in pieces of SMALL_K columns, each small enough for OpenBLAS's
-# small-matrix kernel (M*N*K <= 2**20, no packing): 2.5 -> 1.1 ms for that dW on SkylakeX.
-SMALL_K = 1024
-
-
-def _product_nt(a, b):
-    """a (F, P) times b (R, P) transposed -> (F, R). On NumPy, when P is long and F*R small, the
-    sum of the products of pieces of SMALL_K columns; otherwise (b @ a^T)^T, one product with the
-    long axis inside, which BLAS runs much faster than a @ b^T."""
-    F, P = a.shape
-    if not (is_numpy(a) and P >= 4 * SMALL_K and F * b.shape[0] * SMALL_K <= 2**20):
-        return (b @ a.T).T
-    out = a[:, :SMALL_K] @ b[:, :SMALL_K].T
-    for s in range(SMALL_K, P, SMALL_K):
-        out += a[:, s:s + SMALL_K] @ b[:, s:s + SMALL_K].T
-    return out
 
 
 def _rows(w):
@@ -148,7 +130,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     W2 = _rows(w)
     wb = xp.concat([W2, xp.reshape(b, (F, 1))], axis=1)
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    out = xp.permute_dims(xp.reshape(wb @ cols, (F, OH, OW, N)), (3, 0, 1, 2))
+    out = xp.permute_dims(xp.reshape(product(wb, cols), (F, OH, OW, N)), (3, 0, 1, 2))
     return out, (x.shape, cols, W2, w.shape, stride, padding)
 
 
@@ -166,11 +148,11 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
     dw = db = dx = None
     if param_grads:
-        dwb = _product_nt(d2, cols)
+        dwb = product_nt(d2, cols)
         dw = _unrows(dwb[:, :-1], w_shape)
         db = dwb[:, -1]
     if input_grad:
-        dx = col2im(W2.T @ d2, x_shape, KH, KW, stride, padding)
+        dx = col2im(product(W2.T, d2), x_shape, KH, KW, stride, padding)
     return dx, dw, db
 
 
@@ -204,7 +186,7 @@ def conv_transpose2d_backward(dout, cache, input_grad=True, param_grads=True):
     cols = im2col(dout, KH, KW, stride, padding)
     dx = dw = db = None
     if input_grad:
-        dx = xp.permute_dims(xp.reshape(W2 @ cols, (C, H, W, N)), (3, 0, 1, 2))
+        dx = xp.permute_dims(xp.reshape(product(W2, cols), (C, H, W, N)), (3, 0, 1, 2))
     if param_grads:
         dw = _unrows(X @ cols.T, w_shape)
         db = xp.sum(dout, axis=(0, 2, 3))

@@ -3,11 +3,50 @@
 Each backward returns the gradient with respect to the op's input first, then the parameter
 gradients. Nothing here holds state; `nn/layers.py` wraps these functions in classes. All ops
 take their array namespace from their arguments (`xp_of`), so they run on NumPy, CuPy and the
-strict Array API backend alike. Here: channel concatenation, batch normalisation, dense and
-element-wise ops; the windowed ones (convolution, transposed convolution, max pooling) are in
-`nn/conv.py`. Shapes use N batch, C channels, H/W height/width.
+strict Array API backend alike. Here: the convolutions' matrix products, channel concatenation,
+batch normalisation, dense and element-wise ops; the windowed ones (convolution, transposed
+convolution, max pooling) are in `nn/conv.py`. Shapes use N batch, C channels, H/W height/width.
 """
-from .backend import device_of, xp_of
+import numpy as np
+
+from .backend import device_of, is_numpy, xp_of
+
+# --- matrix products -------------------------------------------------------------------------
+# Products with a long side and a small rest (conv1's: 32 x 26 by 26 x 36,864 at 64 images, its
+# dW and dX likewise) run on NumPy in pieces of SMALL_K columns, each small enough for OpenBLAS's
+# small-matrix kernel (M*N*K <= 2**20, no packing): 40-55% faster on SkylakeX (conv1's forward
+# product 1.36 -> 0.76 ms, dW 2.50 -> 1.08, dX 1.38 -> 0.87 at 64 images, one thread).
+SMALL_K = 1024
+
+
+def _in_pieces(a, b, long, rest):
+    """Whether a product of a long axis `long` by the others' product `rest` goes in pieces."""
+    return is_numpy(a) and is_numpy(b) and long >= 4 * SMALL_K and rest * SMALL_K <= 2**20
+
+
+def product(a, b):
+    """a (F, K) @ b (K, P) -> (F, P); for long P, written SMALL_K columns at a time."""
+    F, P = a.shape[0], b.shape[1]
+    if not _in_pieces(a, b, P, F * a.shape[1]):
+        return a @ b
+    out = np.empty((F, P), dtype=np.result_type(a, b))
+    for s in range(0, P, SMALL_K):
+        np.matmul(a, b[:, s:s + SMALL_K], out=out[:, s:s + SMALL_K])
+    return out
+
+
+def product_nt(a, b):
+    """a (F, P) times b (R, P) transposed -> (F, R); for long P, the sum of the products of
+    SMALL_K columns at a time; otherwise (b @ a^T)^T, one product with the long axis inside,
+    which BLAS runs much faster than a @ b^T."""
+    P = a.shape[1]
+    if not _in_pieces(a, b, P, a.shape[0] * b.shape[0]):
+        return (b @ a.T).T
+    out = a[:, :SMALL_K] @ b[:, :SMALL_K].T
+    for s in range(SMALL_K, P, SMALL_K):
+        out += a[:, s:s + SMALL_K] @ b[:, s:s + SMALL_K].T
+    return out
+
 
 # --- channel concatenation ------------------------------------------------------------------
 

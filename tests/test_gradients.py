@@ -20,8 +20,6 @@ from hypothesis import strategies as st
 
 from nn import losses, naive
 from nn.conv import (
-    SMALL_K,
-    _product_nt,
     _row_length,
     conv2d_backward,
     conv2d_forward,
@@ -31,6 +29,7 @@ from nn.conv import (
     max_pool2d_backward,
     max_pool2d_forward,
 )
+from nn.functional import SMALL_K, product, product_nt
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
 from nn.layers import (
     BatchNorm1d,
@@ -579,11 +578,14 @@ def test_im2col_gives_a_view_of_padded_rows():
 
 @pytest.mark.parametrize("P", [4 * SMALL_K, 4 * SMALL_K + 37, 3 * SMALL_K])
 def test_long_products_in_pieces_give_the_one_product(P):
-    """conv1's dW (32 x 26 over P columns) in pieces of SMALL_K columns, the last one partial:
-    the same numbers as one product (P = 3 * SMALL_K stays one product)."""
+    """conv1's products (32 x 26 by 26 x P, and its dW, 32 x 26 over P columns) in pieces of
+    SMALL_K columns, the last one partial: the same numbers as one product (P = 3 * SMALL_K
+    stays one product)."""
     rng = np.random.default_rng(P)
     a, b = rng.standard_normal((32, P)), rng.standard_normal((26, P + 5))[:, :P]
-    np.testing.assert_allclose(_product_nt(a, b), a @ b.T, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(product_nt(a, b), a @ b.T, rtol=1e-12, atol=1e-10)
+    w = rng.standard_normal((32, 26))
+    np.testing.assert_allclose(product(w, b), w @ b, rtol=1e-12, atol=1e-10)
 
 
 @given(case=conv_cases(), seed=seeds)
