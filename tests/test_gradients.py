@@ -661,7 +661,9 @@ def test_max_pool2d_on_a_batch_innermost_input_gives_the_same_numbers_in_its_ord
     dout = rng.standard_normal(out.shape)
     dx_b = max_pool2d_backward(dout, cache_b)
     np.testing.assert_array_equal(dx_b, max_pool2d_backward(dout, cache))
-    assert np.argsort(dx_b.strides).tolist() == np.argsort(batch_last.strides).tolist()
+    axes = [a for a in range(4) if x.shape[a] > 1]  # a length-1 axis has any stride
+    assert (sorted(axes, key=lambda a: dx_b.strides[a])
+            == sorted(axes, key=lambda a: batch_last.strides[a]))
 
 
 def test_max_pool2d_all_zero_input_takes_top_left_of_each_window():
