@@ -14,7 +14,7 @@ from .backend import device_of, is_numpy, xp_of
 # --- matrix products -------------------------------------------------------------------------
 # Products with a long side and a small rest (conv1's: 32 x 26 by 26 x 36,864 at 64 images, its
 # dW and dX likewise) run on NumPy in pieces of SMALL_K columns, each small enough for OpenBLAS's
-# small-matrix kernel (M*N*K <= 2**20, no packing): 40-55% faster on SkylakeX (conv1's forward
+# small-matrix kernel (M*N*K <= 2**20, no packing): 35-57% faster on SkylakeX (conv1's forward
 # product 1.36 -> 0.76 ms, dW 2.50 -> 1.08, dX 1.38 -> 0.87 at 64 images, one thread).
 SMALL_K = 1024
 

@@ -89,7 +89,7 @@ class _Exchange:
 
     Calls alternate between two tables of parts, so one barrier per call is enough: a thread
     can write a table again only two calls later, after the next call's barrier, which every
-    thread reaches only once it has read this call's sums. The count of calls is the replica's,
+    thread reaches only once it has read this call's parts. The count of calls is the replica's,
     over all its BatchNorm layers (one count per layer would send BN 2's and then BN 1's
     backward to the same table)."""
 
