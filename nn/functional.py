@@ -132,8 +132,9 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * unbiased
         inv_std = 1.0 / xp.sqrt(var + eps)
-        out = centred * xp.reshape(gamma * inv_std, (C, 1))
-        out += xp.reshape(beta - shift * gamma * inv_std, (C, 1))  # in place: one temporary fewer
+        scale = gamma * inv_std
+        out = centred * xp.reshape(scale, (C, 1))
+        out += xp.reshape(beta - shift * scale, (C, 1))  # in place: one temporary fewer
         cache = (centred, shift, inv_std, gamma, x.shape, exchange, True)
     else:
         # fixed statistics: one scale and one shift per channel
