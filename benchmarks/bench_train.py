@@ -59,9 +59,10 @@ of each convolution into im2col / matmul / col2im.
 --threads N (off by default) limits OpenBLAS (threadpoolctl) and PyTorch to N threads, to see
 how much of a result is thread oversubscription when other processes load the machine.
 
-Ours runs as train.py does: nn.backend.reuse_host_memory(), and batches split over as many
-threads as BLAS has (nn/parallel.py; then each with one BLAS thread, and --profile times the
-whole batch on one). --no-split leaves the split off: one thread of ours, OpenBLAS's own threads.
+Ours runs as train.py does: nn.backend.reuse_host_memory(), and batches split into as many
+slices as BLAS has threads, run by this process and worker processes (nn/parallel.py; then each
+with one BLAS thread, and --profile times the whole batch on one). --no-split leaves the split
+off: one process of ours, OpenBLAS's own threads.
 """
 import argparse
 import json
@@ -118,7 +119,7 @@ def main(argv=None):
                     help="skip nn.backend.reuse_host_memory() (train.py calls it), to see its effect")
     ap.add_argument("--no-split", action="store_true",
                     help="skip nn.parallel.use_host_threads() (train.py's batches split over the "
-                         "cores), to see its effect: one thread of ours, OpenBLAS's own threads")
+                         "cores), to see its effect: one process of ours, OpenBLAS's own threads")
     ap.add_argument("--json", metavar="PATH", help="write every result and raw timing here")
     ap.add_argument("--profile", action="store_true",
                     help="also time every layer's forward/backward of our standard step")
@@ -154,7 +155,7 @@ def main(argv=None):
     env = report.environment(torch)
     env["threads_flag"] = args.threads
     env["split_threads"] = 1 if args.no_split else parallel.use_host_threads()
-    print(f"batches split over {env['split_threads']} thread(s) (nn/parallel.py)")
+    print(f"batches split over {env['split_threads']} core(s) (nn/parallel.py)")
     x, t, images, labels = make_data(n_eval)
 
     benches = {}

@@ -108,7 +108,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, train,
     running variance takes the unbiased batch variance, as in PyTorch); train=False uses the
     running statistics and returns them unchanged.
     gamma, beta, running_mean, running_var (C,) -> out like x, cache, (running_mean, running_var).
-    exchange(*parts) -> the parts of every thread that holds a slice of the batch, in slice order
+    exchange(*parts) -> the parts of every slice of the batch (one per process), in slice order
     (nn/parallel.py), so that the statistics are the whole batch's; alone, its own parts.
     """
     xp = xp_of(x)

@@ -111,7 +111,7 @@ class MaxPool2d(Layer):
 
 class _BatchNorm(Layer):
     """Shared by BatchNorm1d and BatchNorm2d: gamma, beta (C,); running_mean, running_var (C,).
-    `exchange` shares its statistics with the slices of a batch split across threads
+    `exchange` shares its statistics with the slices of a batch split across processes
     (nn/parallel.py)."""
     exchange = staticmethod(F.alone)
 

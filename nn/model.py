@@ -23,7 +23,7 @@ class Sequential:
 
     def __init__(self, *layers):
         self.layers = list(layers)
-        self._split = None  # the replicas of a forward pass split over threads (nn/parallel.py)
+        self._split = None  # the replicas of a forward pass split over processes (nn/parallel.py)
 
     def train(self):
         """Training mode: BatchNorm normalises with batch statistics and updates running ones."""
