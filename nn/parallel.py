@@ -45,7 +45,7 @@ MIN_ROWS = 32
 
 _threads = 1
 _blas_limit = None
-_lock = threading.Lock()  # one split pass at a time: the pipes carry one conversation each
+_lock = threading.Lock()  # one split pass at a time: each channel carries one conversation
 _models = weakref.WeakKeyDictionary()  # model -> (key, its layers' ids) the workers hold, or None
 _keys = itertools.count()
 _forgotten = []  # keys of collected models, for the workers to drop
