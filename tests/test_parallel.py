@@ -6,7 +6,9 @@ import gc
 import os
 import signal
 import socket
+import sys
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -233,6 +235,18 @@ def test_layers_a_worker_cannot_rebuild_run_whole(two_threads):
         def backward(self, dout, input_grad=True, param_grads=True):
             return dout, {}
     model = Sequential(Local(), *reference_cnn().layers)
+    x, _ = batch(SPLIT)
+    assert not parallel.worth_splitting(model, x)
+    assert model.forward(x).shape == (SPLIT, 10) and model._split is None
+
+
+def test_layers_only_this_process_can_import_run_whole(two_threads, monkeypatch):
+    """A class from a module the worker cannot import pickles here and fails there."""
+    module = types.ModuleType("made_here_only")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    module.Same = type("Same", (Layer,), {"forward": lambda self, x: x,
+                                          "__module__": module.__name__})
+    model = Sequential(module.Same(), *reference_cnn().layers)
     x, _ = batch(SPLIT)
     assert not parallel.worth_splitting(model, x)
     assert model.forward(x).shape == (SPLIT, 10) and model._split is None
