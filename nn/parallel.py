@@ -108,7 +108,7 @@ def _ready(model):
     with _lock:
         try:
             pool = workers.pool(_threads, _forgotten) if key is not None else []
-        except (OSError, ValueError) as exc:  # no way to start one here (pass_fds is POSIX's)
+        except (OSError, ValueError, AssertionError) as exc:  # none can start here (not POSIX)
             warnings.warn(f"nn.parallel: no worker process ({exc}); batches now run whole",
                           stacklevel=4)
             use_threads(1)
