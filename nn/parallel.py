@@ -113,28 +113,30 @@ def _ready(model):
                           stacklevel=4)
             use_threads(1)
             return None
-        for worker in pool:
-            if key not in worker.known and not _send(model, key, worker):
-                _models[model], key = (None, ids), None
-                break
+        missing = [worker for worker in pool if key not in worker.known]
+        if missing and not _send(model, key, missing):
+            _models[model], key = (None, ids), None
     return key
 
 
-def _send(model, key, worker):
-    """Whether worker now holds model's layers under key (its reply says it rebuilt them)."""
+def _send(model, key, pool):
+    """Whether every worker of pool now holds model's layers under key (each one's reply says it
+    rebuilt them); the layers are pickled once for all of them."""
     try:
-        layers = pickle.dumps(replica(model, None))  # the worker sets its own exchange
+        layers = pickle.dumps(replica(model, None))  # each worker sets its own exchange
     except Exception:
         return False
     try:
-        worker.send("model", key, layers)
-        kind, _ = worker.recv()
+        for worker in pool:
+            worker.send("model", key, layers)
+        kinds = [worker.recv()[0] for worker in pool]
     except BaseException:  # an interrupt may cut a message in half
         workers.stop_all()
         raise
-    if kind == "done":
-        worker.known.add(key)
-    return kind == "done"
+    for worker, kind in zip(pool, kinds):
+        if kind == "done":
+            worker.known.add(key)
+    return all(kind == "done" for kind in kinds)
 
 
 def replica(model, exchange):
