@@ -19,7 +19,7 @@ from .backend import device_of, is_numpy, xp_of
 SMALL_K = 1024
 
 
-def _in_pieces(a, b, long, rest):
+def in_pieces(a, b, long, rest):
     """Whether a product of a long axis `long` by the others' product `rest` goes in pieces."""
     return is_numpy(a) and is_numpy(b) and long >= 4 * SMALL_K and rest * SMALL_K <= 2**20
 
@@ -27,7 +27,7 @@ def _in_pieces(a, b, long, rest):
 def product(a, b):
     """a (F, K) @ b (K, P) -> (F, P); for long P, written SMALL_K columns at a time."""
     F, P = a.shape[0], b.shape[1]
-    if not _in_pieces(a, b, P, F * a.shape[1]):
+    if not in_pieces(a, b, P, F * a.shape[1]):
         return a @ b
     out = np.empty((F, P), dtype=np.result_type(a, b))
     for s in range(0, P, SMALL_K):
@@ -40,7 +40,7 @@ def product_nt(a, b):
     SMALL_K columns at a time; otherwise (b @ a^T)^T, one product with the long axis inside,
     which BLAS runs much faster than a @ b^T."""
     P = a.shape[1]
-    if not _in_pieces(a, b, P, a.shape[0] * b.shape[0]):
+    if not in_pieces(a, b, P, a.shape[0] * b.shape[0]):
         return (b @ a.T).T
     out = a[:, :SMALL_K] @ b[:, :SMALL_K].T
     for s in range(SMALL_K, P, SMALL_K):

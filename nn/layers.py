@@ -57,8 +57,8 @@ class Conv2d(Layer):
                        "b": np.zeros(out_channels, dtype=np.float32)}
 
     def forward(self, x):
-        out, cache = conv.conv2d_forward(x, self.params["W"], self.params["b"],
-                                      self.stride, self.padding)
+        out, cache = conv.conv2d_forward(x, self.params["W"], self.params["b"], self.stride,
+                                         self.padding, keep_cols=self.training)
         self._remember(cache)
         return out
 

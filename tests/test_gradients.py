@@ -13,6 +13,8 @@ away from 0 and max-pool windows hold distinct values 0.1 apart, while the step 
 whole-model checks record which side of every kink each forward pass saw and assert that no step
 crossed one (`WithLoss.assert_no_kink_crossed`).
 """
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -547,13 +549,17 @@ def test_small_model_exhaustive_through_loss(train):
 
 # --- loop references -------------------------------------------------------------------------
 
-@given(case=conv_cases(), seed=seeds)
-def test_conv2d_matches_loop_reference(case, seed):
+@given(case=conv_cases(), seed=seeds, keep_cols=st.booleans())
+def test_conv2d_matches_loop_reference(case, seed, keep_cols):
+    """keep_cols=False: evaluation's forward, here one output row per block (STREAM_BYTES 0),
+    and its weight gradient from x unfolded again."""
     N, C, H, W, Fo, K, stride, padding = case
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
                rng.standard_normal(Fo))
-    out, cache = conv2d_forward(x, w, b, stride, padding)
+    with patch("nn.conv.STREAM_BYTES", 0):
+        out, cache = conv2d_forward(x, w, b, stride, padding, keep_cols=keep_cols)
+    assert (cache[1] is None) == (not keep_cols)
     np.testing.assert_allclose(out, naive.conv2d_forward(x, w, b, stride, padding),
                                rtol=1e-10, atol=1e-12)
     dout = rng.standard_normal(out.shape)
@@ -574,6 +580,24 @@ def test_im2col_gives_a_view_of_padded_rows():
     """conv2's columns for 64 images: 4,096 wide in rows of 4,112 floats (257 cache lines)."""
     cols = im2col(np.ones((64, 32, 12, 12), np.float32), 5, 5, 1, 0, ones=True)
     assert cols.shape == (801, 4096) and cols.strides == (4112 * 4, 4)
+
+
+@pytest.mark.parametrize("N", [1, 32, 87])
+def test_conv2_forward_in_row_blocks_gives_the_same_floats(N):
+    """conv2 of the exercise's CNN in float32, its input batch-last as the layers before leave
+    it: the forward in blocks of output rows (1 to 8 rows of 8, by N) is the whole product's,
+    bit for bit (each output is the same dot product); conv1's products in pieces (N > 1) keep
+    the whole im2col."""
+    rng = np.random.default_rng(N)
+    for C, Fo, size in ((32, 64, 12), (1, 32, 28)):
+        x = np.ascontiguousarray(rng.random((C, size, size, N), dtype=np.float32))
+        x = np.transpose(x, (3, 0, 1, 2))
+        w = rng.standard_normal((Fo, C, 5, 5), dtype=np.float32)
+        b = rng.standard_normal(Fo, dtype=np.float32)
+        kept, cache = conv2d_forward(x, w, b)
+        streamed, lean = conv2d_forward(x, w, b, keep_cols=False)
+        np.testing.assert_array_equal(streamed, kept)
+        assert cache[1] is not None and (lean[1] is None) == (C == 32 or N == 1)
 
 
 @pytest.mark.parametrize("P", [4 * SMALL_K, 4 * SMALL_K + 37, 3 * SMALL_K])
