@@ -1,11 +1,11 @@
-"""Windowed ops on images, fast: convolution, transposed convolution and max pooling.
+"""Windowed ops on images, fast: convolution and transposed convolution (pooling: nn/pool.py).
 
 The same contract as `nn/functional.py`: `op_forward(...) -> (out, cache)`, `op_backward(dout,
 cache)` returning the input's gradient first, then the parameters'. Convolution is one matrix
-product over an im2col unfolding, pooling a maximum over strided views, each built from strided
-slices over the kernel offsets (KH*KW Python iterations whatever the batch size); nn/naive.py
-keeps the loops window by window, and the tests hold the two to the same numbers. Shapes use N
-batch, C channels, H/W height/width, F filters, KH/KW kernel size, OH/OW output size.
+product over an im2col unfolding, built from strided slices over the kernel offsets (KH*KW
+Python iterations whatever the batch size); nn/naive.py keeps the loops window by window, and
+the tests hold the two to the same numbers. Shapes use N batch, C channels, H/W height/width,
+F filters, KH/KW kernel size, OH/OW output size.
 """
 import numpy as np
 
@@ -170,9 +170,10 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
 
     With W2 = w as (F, KH*KW*C) and D = dout as (F, OH*OW*N): [dw db] = D @ cols^T (the row of
-    ones gives db, the sum of D over its columns), and dx = col2im(W2^T @ D).
-    dx is None when not input_grad; dw and db are None when not param_grads (an attack needs
-    only dx, and skips a matrix product). The loops: nn/naive.py, conv2d_backward.
+    ones gives db, the sum of D over its columns), and dx = col2im(W2^T @ D), for a large
+    product a block of output rows at a time (`_folded`). dx is None when not input_grad; dw
+    and db are None when not param_grads (an attack needs only dx, and skips a matrix product).
+    The loops: nn/naive.py, conv2d_backward.
     """
     xp = xp_of(dout)
     x, cols, W2, w_shape, stride, padding = cache
@@ -183,9 +184,30 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
         cols = im2col(x, KH, KW, stride, padding, ones=True) if cols is None else cols
         dwb = product_nt(d2, cols)
         dw, db = _unrows(dwb[:, :-1], w_shape), dwb[:, -1]
-    if input_grad:
+    if input_grad and (not is_numpy(d2) or in_pieces(W2.T, d2, d2.shape[1], W2.size)):
         dx = col2im(product(W2.T, d2), x.shape, KH, KW, stride, padding)
+    elif input_grad:
+        dx = _folded(W2, d2, x.shape, KH, KW, stride, padding)
     return dx, dw, db
+
+
+def _folded(W2, d2, x_shape, KH, KW, stride, padding):
+    """col2im(W2^T @ d2) -> dx (N, C, H, W), R output rows of d2 at a time, the last rows first:
+    each element of dx then adds its offsets in col2im's order (i, then j), the same floats."""
+    N, C, H, W = x_shape
+    K, OW = W2.shape[1], output_size(W, KW, stride, padding)
+    OH = d2.shape[1] // (OW * N)
+    R = min(max(STREAM_BYTES // (K * OW * N * d2.dtype.itemsize), 1), OH)
+    buffer = np.empty((K, R * OW * N), dtype=d2.dtype)
+    dxt = np.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=d2.dtype)
+    for top in reversed(range(0, OH, R)):
+        r = min(R, OH - top)
+        dcols = np.matmul(W2.T, d2[:, top * OW * N:(top + r) * OW * N], out=buffer[:, :r * OW * N])
+        dcols = dcols.reshape(KH, KW, C, r, OW, N)
+        for i in range(KH):
+            for j in range(KW):
+                dxt[:, _window(i + stride * top, stride, r), _window(j, stride, OW)] += dcols[i, j]
+    return dxt[:, padding:padding + H, padding:padding + W].transpose(3, 0, 1, 2)
 
 
 def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
@@ -223,78 +245,3 @@ def conv_transpose2d_backward(dout, cache, input_grad=True, param_grads=True):
         dw = _unrows(X @ cols.T, w_shape)
         db = xp.sum(dout, axis=(0, 2, 3))
     return dx, dw, db
-
-
-# --- pooling ---------------------------------------------------------------------------------
-
-def max_pool2d_forward(x, kernel_size, stride):
-    """Maximum over each KxK window: x (N, C, H, W) -> out (N, C, OH, OW).
-
-    The maximum is taken over the K*K strided views x[:, :, i::stride, j::stride], one per
-    window offset (i, j); this covers overlapping and non-overlapping windows alike. The cache
-    keeps, for every offset after the first, where it raised the running maximum (bool, like
-    out): what the backward needs, so that it never reads x again. The loops, window by window:
-    nn/naive.py, max_pool2d_forward (and _backward).
-    """
-    xp = xp_of(x)
-    N, C, H, W = x.shape
-    OH, OW = output_size(H, kernel_size, stride, 0), output_size(W, kernel_size, stride, 0)
-    out, rises = None, []
-    for i in range(kernel_size):
-        for j in range(kernel_size):
-            v = x[:, :, _window(i, stride, OH), _window(j, stride, OW)]
-            if out is None:
-                out = v
-            else:
-                new = xp.maximum(out, v)
-                rises.append(new != out)  # strictly above all earlier offsets: ties keep the first
-                out = new
-    return out, (x, rises, kernel_size, stride)
-
-
-def _winners(rises):
-    """rises (K*K - 1 bool arrays) -> K*K bool arrays: offset k holds its window's first maximum
-    when it rose and no later offset rose again (offset 0 when none rose)."""
-    won, later = [], None
-    for rise in reversed(rises):
-        won.append(rise if later is None else rise & ~later)
-        later = rise if later is None else later | rise
-    won.append(~later)
-    return won[::-1]
-
-
-def max_pool2d_backward(dout, cache):
-    """dout (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes, whole, to its first
-    maximum in row-major window order (as in PyTorch on ties).
-
-    Windows that tile x (stride = K, no remainder) see x as (N, C, OH, K, OW, K): dx is a 0/1
-    float mask written offset by offset, times dout broadcast over each window in one product.
-    Otherwise each offset adds dout * its mask to its strided view of dx.
-    """
-    xp = xp_of(dout)
-    x, rises, K, stride = cache
-    N, C, H, W = x.shape
-    OH, OW = dout.shape[2:]
-    if not rises:  # 1x1 windows: nothing to choose
-        return _pool_scatter(dout, x, [None], K, stride)
-    won = _winners(rises)
-    if not (stride == K and H == K * OH and W == K * OW):
-        return _pool_scatter(dout, x, [xp.astype(w, dout.dtype) for w in won], K, stride)
-    # empty_like keeps x's memory order (batch innermost for a convolution's output); splitting
-    # H into (OH, K) and W into (OW, K) is a view for any memory order
-    mask = xp.reshape(xp.empty_like(x, dtype=xp.bool), (N, C, OH, K, OW, K))
-    for k, w in enumerate(won):
-        mask[:, :, :, k // K, :, k % K] = w
-    dx = xp.astype(mask, dout.dtype)
-    dx *= xp.reshape(dout, (N, C, OH, 1, OW, 1))
-    return xp.reshape(dx, x.shape)
-
-
-def _pool_scatter(dout, x, masks, K, stride):
-    """Overlapping or partial windows: dx[:, :, i::stride, j::stride] += dout * mask of (i, j)."""
-    OH, OW = dout.shape[2:]
-    dx = xp_of(dout).zeros_like(x, dtype=dout.dtype)
-    for k, mask in enumerate(masks):
-        rows, cols = _window(k // K, stride, OH), _window(k % K, stride, OW)
-        dx[:, :, rows, cols] += dout if mask is None else dout * mask
-    return dx

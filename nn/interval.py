@@ -14,7 +14,7 @@ Backward: a loss on the margins' lower bounds reaches the parameters through bot
 dmu' = dlo' + dhi', dr' = dhi' - dlo'; the affine maps give dW from (mu, dmu') plus
 sign(W) * d|W| from (r, dr'); back in bounds, dlo = (dmu - dr) / 2, dhi = (dmu + dr) / 2.
 """
-from . import conv
+from . import conv, pool
 from . import functional as F
 from .backend import xp_of
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
@@ -105,13 +105,13 @@ def _relu_backward(layer, dlo, dhi, cache):
 
 
 def _pool_forward(layer, lo, hi):
-    (lo2, lo_cache), (hi2, hi_cache) = (conv.max_pool2d_forward(v, layer.kernel_size, layer.stride)
+    (lo2, lo_cache), (hi2, hi_cache) = (pool.max_pool2d_forward(v, layer.kernel_size, layer.stride)
                                         for v in (lo, hi))
     return lo2, hi2, (lo_cache, hi_cache)
 
 
 def _pool_backward(layer, dlo, dhi, cache):
-    return conv.max_pool2d_backward(dlo, cache[0]), conv.max_pool2d_backward(dhi, cache[1]), {}
+    return pool.max_pool2d_backward(dlo, cache[0]), pool.max_pool2d_backward(dhi, cache[1]), {}
 
 
 def _flatten_forward(layer, lo, hi):

@@ -11,7 +11,7 @@ array library.
 """
 import numpy as np
 
-from . import conv
+from . import conv, pool
 from . import functional as F
 from .backend import device_of, xp_of
 
@@ -100,13 +100,13 @@ class MaxPool2d(Layer):
         self.stride = kernel_size if stride is None else stride
 
     def forward(self, x):
-        out, cache = conv.max_pool2d_forward(x, self.kernel_size, self.stride)
+        out, cache = pool.max_pool2d_forward(x, self.kernel_size, self.stride)
         self._remember(cache)
         return out
 
     def backward(self, dout, input_grad=True, param_grads=True):
         cache = self._take_cache()
-        return (conv.max_pool2d_backward(dout, cache) if input_grad else None), {}
+        return (pool.max_pool2d_backward(dout, cache) if input_grad else None), {}
 
 
 class _BatchNorm(Layer):

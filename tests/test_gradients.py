@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from nn import losses, naive
 from nn.conv import (
     _row_length,
+    _rows,
+    col2im,
     conv2d_backward,
     conv2d_forward,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
     im2col,
-    max_pool2d_backward,
-    max_pool2d_forward,
 )
 from nn.functional import SMALL_K, product, product_nt
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
@@ -48,6 +48,7 @@ from nn.layers import (
 )
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD
+from nn.pool import max_pool2d_backward, max_pool2d_forward
 
 EXHAUSTIVE_TOL = 1e-6
 seeds = st.integers(0, 2**32 - 1)
@@ -551,20 +552,21 @@ def test_small_model_exhaustive_through_loss(train):
 
 @given(case=conv_cases(), seed=seeds, keep_cols=st.booleans())
 def test_conv2d_matches_loop_reference(case, seed, keep_cols):
-    """keep_cols=False: evaluation's forward, here one output row per block (STREAM_BYTES 0),
-    and its weight gradient from x unfolded again."""
+    """One output row per block (STREAM_BYTES 0) in the input gradient and, with keep_cols=False
+    (evaluation), in the forward, whose weight gradient then unfolds x again."""
     N, C, H, W, Fo, K, stride, padding = case
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
                rng.standard_normal(Fo))
+    dout = rng.standard_normal((N, Fo, (H + 2 * padding - K) // stride + 1,
+                                (W + 2 * padding - K) // stride + 1))
     with patch("nn.conv.STREAM_BYTES", 0):
         out, cache = conv2d_forward(x, w, b, stride, padding, keep_cols=keep_cols)
+        grads = conv2d_backward(dout, cache)
     assert (cache[1] is None) == (not keep_cols)
     np.testing.assert_allclose(out, naive.conv2d_forward(x, w, b, stride, padding),
                                rtol=1e-10, atol=1e-12)
-    dout = rng.standard_normal(out.shape)
-    for fast, slow in zip(conv2d_backward(dout, cache),
-                          naive.conv2d_backward(dout, x, w, stride, padding)):
+    for fast, slow in zip(grads, naive.conv2d_backward(dout, x, w, stride, padding)):
         assert fast.shape == slow.shape
         np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
 
@@ -583,11 +585,11 @@ def test_im2col_gives_a_view_of_padded_rows():
 
 
 @pytest.mark.parametrize("N", [1, 32, 87])
-def test_conv2_forward_in_row_blocks_gives_the_same_floats(N):
-    """conv2 of the exercise's CNN in float32, its input batch-last as the layers before leave
-    it: the forward in blocks of output rows (1 to 8 rows of 8, by N) is the whole product's,
-    bit for bit (each output is the same dot product); conv1's products in pieces (N > 1) keep
-    the whole im2col."""
+def test_conv2_in_row_blocks_gives_the_same_floats(N):
+    """conv2 of the exercise's CNN in float32, its input and output gradient batch-last as the
+    layers around it leave them: the forward and dx in blocks of output rows (1 to 8 rows of 8,
+    by N) are the whole product's and col2im's, bit for bit (each output is the same dot
+    product, each sum in the same order); conv1's products in pieces (N > 1) keep the whole."""
     rng = np.random.default_rng(N)
     for C, Fo, size in ((32, 64, 12), (1, 32, 28)):
         x = np.ascontiguousarray(rng.random((C, size, size, N), dtype=np.float32))
@@ -598,6 +600,10 @@ def test_conv2_forward_in_row_blocks_gives_the_same_floats(N):
         streamed, lean = conv2d_forward(x, w, b, keep_cols=False)
         np.testing.assert_array_equal(streamed, kept)
         assert cache[1] is not None and (lean[1] is None) == (C == 32 or N == 1)
+        d2 = np.ascontiguousarray(rng.standard_normal((Fo, size - 4, size - 4, N), np.float32))
+        whole = col2im(product(_rows(w).T, d2.reshape(Fo, -1)), x.shape, 5, 5, 1, 0)
+        dx, _, _ = conv2d_backward(np.transpose(d2, (3, 0, 1, 2)), lean, param_grads=False)
+        np.testing.assert_array_equal(dx, whole)
 
 
 @pytest.mark.parametrize("P", [4 * SMALL_K, 4 * SMALL_K + 37, 3 * SMALL_K])
