@@ -143,6 +143,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, keep_cols=True):
 # A product too large for OpenBLAS's small-matrix kernel packs its columns, which have left the
 # L2 cache since im2col wrote them; unfolded and multiplied a block of output rows (~STREAM_BYTES)
 # at a time they are still there: conv2's forward, 87 images, 13.8 -> 11.2 ms (1 thread), same sums.
+# Likewise the input gradient's columns, folded by col2im block by block (`_folded`).
 STREAM_BYTES = 2 * 2**20
 
 
