@@ -94,11 +94,30 @@ def im2col(x, KH, KW, stride, padding, ones=False):
     cols = rows[:, :P]
     if ones:
         cols[-1, :] = 1.0
-    unfolded = xp.reshape(cols[:C * KH * KW, :], (KH, KW, C, OH, OW, N))  # a view of cols
+    _unfold(cols[:C * KH * KW, :], xt, KH, KW, stride, 0, OH, OW)
+    return cols
+
+
+def _unfold(cols, xt, KH, KW, stride, top, count, OW):
+    """Write into cols (KH*KW*C, count*OW*N) the columns of output rows top .. top + count - 1
+    of xt (C, H, W, N): row (i, j, c) is xt[c, i + stride*oh, j + stride*ow, n]."""
+    C, N = xt.shape[0], xt.shape[-1]
+    unfolded = xp_of(cols).reshape(cols, (KH, KW, C, count, OW, N))  # a view of cols
     for i in range(KH):
         for j in range(KW):
-            unfolded[i, j, ...] = xt[:, _window(i, stride, OH), _window(j, stride, OW), :]
-    return cols
+            rows, columns = _window(i + stride * top, stride, count), _window(j, stride, OW)
+            unfolded[i, j, ...] = xt[:, rows, columns, :]
+
+
+def _fold(dxt, dcols, KH, KW, stride, top, count, OW):
+    """Adjoint of _unfold: add dcols (KH*KW*C, count*OW*N) into dxt (C, H, W, N), offset by
+    offset in the order (i, then j)."""
+    C, N = dxt.shape[0], dxt.shape[-1]
+    dcols = xp_of(dcols).reshape(dcols, (KH, KW, C, count, OW, N))
+    for i in range(KH):
+        for j in range(KW):
+            rows, columns = _window(i + stride * top, stride, count), _window(j, stride, OW)
+            dxt[:, rows, columns, :] += dcols[i, j, ...]
 
 
 def col2im(dcols, x_shape, KH, KW, stride, padding):
@@ -109,11 +128,8 @@ def col2im(dcols, x_shape, KH, KW, stride, padding):
     xp = xp_of(dcols)
     N, C, H, W = x_shape
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
-    dcols = xp.reshape(dcols, (KH, KW, C, OH, OW, N))
     dxt = _zeros((C, H + 2 * padding, W + 2 * padding, N), dcols)
-    for i in range(KH):
-        for j in range(KW):
-            dxt[:, _window(i, stride, OH), _window(j, stride, OW), :] += dcols[i, j, ...]
+    _fold(dxt, dcols, KH, KW, stride, 0, OH, OW)
     dxt = dxt[:, padding:padding + H, padding:padding + W, :]
     return xp.permute_dims(dxt, (3, 0, 1, 2))
 
@@ -132,7 +148,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, keep_cols=True):
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
     W2 = _rows(w)
     wb = xp.concat([W2, xp.reshape(b, (F, 1))], axis=1)
-    if keep_cols or not is_numpy(x) or in_pieces(wb, x, OH * OW * N, wb.size):
+    if keep_cols or not _in_blocks(wb, x, OH * OW * N):
         cols = im2col(x, KH, KW, stride, padding, ones=True)   # (KH*KW*C + 1, OH*OW*N)
         out = xp.reshape(product(wb, cols), (F, OH, OW, N))
     else:
@@ -147,22 +163,29 @@ def conv2d_forward(x, w, b, stride=1, padding=0, keep_cols=True):
 STREAM_BYTES = 2 * 2**20
 
 
+def _in_blocks(w, x, columns):
+    """Whether a product of w by `columns` columns made from x runs in blocks: NumPy, and not
+    in small pieces (`in_pieces`)."""
+    return is_numpy(w) and is_numpy(x) and not in_pieces(w, x, columns, w.size)
+
+
+def _block_rows(K, OW, N, itemsize, OH):
+    """Output rows per block: K x (rows*OW*N) columns of about STREAM_BYTES, 1 to OH rows."""
+    return min(max(STREAM_BYTES // (K * OW * N * itemsize), 1), OH)
+
+
 def _streamed(x, wb, KH, KW, stride, padding, OH, OW):
     """[W b] @ im2col(x) -> (F, OH, OW, N), unfolded R rows at a time into one buffer (NumPy)."""
-    (N, C), (F, K) = x.shape[:2], wb.shape
+    N, (F, K) = x.shape[0], wb.shape
     xt = _padded_cnhw(x, padding)
-    R = min(max(STREAM_BYTES // (K * OW * N * x.dtype.itemsize), 1), OH)
+    R = _block_rows(K, OW, N, x.dtype.itemsize, OH)
     rows = np.empty((K, _row_length(R * OW * N, x.dtype.itemsize)), dtype=x.dtype)
     rows[-1, :] = 1.0  # the bias's row of ones
     out = np.empty((F, OH, OW, N), dtype=x.dtype)
     for top in range(0, OH, R):
         r = min(R, OH - top)
         cols = rows[:, :r * OW * N]
-        unfolded = cols[:-1, :].reshape(KH, KW, C, r, OW, N)
-        for i in range(KH):
-            for j in range(KW):
-                unfolded[i, j, ...] = xt[:, _window(i + stride * top, stride, r),
-                                         _window(j, stride, OW), :]
+        _unfold(cols[:-1, :], xt, KH, KW, stride, top, r, OW)
         np.matmul(wb, cols, out=out[:, top:top + r].reshape(F, -1))
     return out
 
@@ -185,7 +208,7 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True):
         cols = im2col(x, KH, KW, stride, padding, ones=True) if cols is None else cols
         dwb = product_nt(d2, cols)
         dw, db = _unrows(dwb[:, :-1], w_shape), dwb[:, -1]
-    if input_grad and (not is_numpy(d2) or in_pieces(W2.T, d2, d2.shape[1], W2.size)):
+    if input_grad and not _in_blocks(W2.T, d2, d2.shape[1]):
         dx = col2im(product(W2.T, d2), x.shape, KH, KW, stride, padding)
     elif input_grad:
         dx = _folded(W2, d2, x.shape, KH, KW, stride, padding)
@@ -198,16 +221,13 @@ def _folded(W2, d2, x_shape, KH, KW, stride, padding):
     N, C, H, W = x_shape
     K, OW = W2.shape[1], output_size(W, KW, stride, padding)
     OH = d2.shape[1] // (OW * N)
-    R = min(max(STREAM_BYTES // (K * OW * N * d2.dtype.itemsize), 1), OH)
+    R = _block_rows(K, OW, N, d2.dtype.itemsize, OH)
     buffer = np.empty((K, R * OW * N), dtype=d2.dtype)
     dxt = np.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=d2.dtype)
     for top in reversed(range(0, OH, R)):
         r = min(R, OH - top)
         dcols = np.matmul(W2.T, d2[:, top * OW * N:(top + r) * OW * N], out=buffer[:, :r * OW * N])
-        dcols = dcols.reshape(KH, KW, C, r, OW, N)
-        for i in range(KH):
-            for j in range(KW):
-                dxt[:, _window(i + stride * top, stride, r), _window(j, stride, OW)] += dcols[i, j]
+        _fold(dxt, dcols, KH, KW, stride, top, r, OW)
     return dxt[:, padding:padding + H, padding:padding + W].transpose(3, 0, 1, 2)
 
 
