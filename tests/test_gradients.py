@@ -553,11 +553,13 @@ def test_small_model_exhaustive_through_loss(train):
 @given(case=conv_cases(), seed=seeds, keep_cols=st.booleans())
 def test_conv2d_matches_loop_reference(case, seed, keep_cols):
     """One output row per block (STREAM_BYTES 0) in the input gradient and, with keep_cols=False
-    (evaluation), in the forward, whose weight gradient then unfolds x again."""
+    (evaluation), in the forward, whose weight gradient then unfolds x again; some channels zero
+    in every image (dead units, which that forward leaves out), now and then all of them."""
     N, C, H, W, Fo, K, stride, padding = case
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
                rng.standard_normal(Fo))
+    x[:, rng.random(C) < 0.3] = 0.0
     dout = rng.standard_normal((N, Fo, (H + 2 * padding - K) // stride + 1,
                                 (W + 2 * padding - K) // stride + 1))
     with patch("nn.conv.STREAM_BYTES", 0):
@@ -604,6 +606,33 @@ def test_conv2_in_row_blocks_gives_the_same_floats(N):
         whole = col2im(product(_rows(w).T, d2.reshape(Fo, -1)), x.shape, 5, 5, 1, 0)
         dx, _, _ = conv2d_backward(np.transpose(d2, (3, 0, 1, 2)), lean, param_grads=False)
         np.testing.assert_array_equal(dx, whole)
+
+
+@pytest.mark.parametrize("N", [32, 87])
+def test_conv2_leaves_out_the_channels_zero_in_every_image(N):
+    """conv2's evaluation forward without the input channels that are zero in every image (a
+    ReLU's dead units: 12-17 of 32 in the PGD model at 100 images): the live channels' product,
+    bit for bit, and the whole one's up to rounding. A channel all negative stays, and one zero
+    but in one place; the input gradient is still every channel's, as with the columns kept."""
+    rng = np.random.default_rng(N)
+    xt = rng.random((32, 12, 12, N), dtype=np.float32)
+    dead = [0, 5, 6, 20, 31]
+    xt[dead] = 0.0
+    xt[7] = -xt[7]
+    xt[9] = 0.0
+    xt[9, 3, 4, N - 1] = 0.5
+    x = np.transpose(xt, (3, 0, 1, 2))
+    w = rng.standard_normal((64, 32, 5, 5), dtype=np.float32)
+    b = rng.standard_normal(64, dtype=np.float32)
+    out, lean = conv2d_forward(x, w, b, keep_cols=False)
+    live = [c for c in range(32) if c not in dead]
+    np.testing.assert_array_equal(out, conv2d_forward(x[:, live], w[:, live], b,
+                                                      keep_cols=False)[0])
+    kept, cache = conv2d_forward(x, w, b)
+    np.testing.assert_allclose(out, kept, rtol=1e-5, atol=1e-4)
+    d2 = rng.standard_normal(out.shape, dtype=np.float32)
+    dx, _, _ = conv2d_backward(d2, lean, param_grads=False)
+    np.testing.assert_array_equal(dx, conv2d_backward(d2, cache, param_grads=False)[0])
 
 
 @pytest.mark.parametrize("P", [4 * SMALL_K, 4 * SMALL_K + 37, 3 * SMALL_K])
