@@ -75,6 +75,20 @@ def put_rows(x, index, rows):
     return take_rows(xp_of(x).concat([x, rows], axis=0), source)
 
 
+def argsort_rows(a):
+    """xp.argsort(a, axis=1, stable=True) for a (N, n) >= 0: each row's order, ties by column.
+
+    On NumPy in float32, one sort of 64-bit keys instead, a value's bits above its column
+    (non-negative floats order like their bits; -0.0 counted as 0), sorted as float64, which
+    NumPy's SIMD sort takes and its argsort does not: FAB's 200 rows of 784, 3.9 -> 1.4 ms."""
+    if not (type(a) is np.ndarray and a.dtype == np.float32):
+        return xp_of(a).argsort(a, axis=1, stable=True)
+    keys = (a.view(np.uint32) & 0x7FFFFFFF).astype(np.uint64) << np.uint64(32)
+    keys |= np.arange(a.shape[1], dtype=np.uint64)
+    keys = np.sort(keys.view(np.float64), axis=1).view(np.uint64)
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+
+
 def ranked_targets(model, x, t, n_target_classes):
     """What APGD-T and FAB-T go through: (order (N, K): the classes by clean logit, largest
     first, so that order[:, r] is each image's r-th most likely class; broken (N,) host bool:

@@ -38,7 +38,7 @@ from nn.losses import one_hot, softmax_cross_entropy
 from nn.model import eval_mode
 
 from .gradient import loss_and_gradients
-from .iterative import put_rows, ranked_targets, retire, take_rows, where_rows
+from .iterative import argsort_rows, put_rows, ranked_targets, retire, take_rows, where_rows
 
 ETA, BETA, ALPHA_MAX = 1.05, 0.9, 0.1  # AutoAttack's settings of FAB
 
@@ -61,7 +61,7 @@ def project_linf(x, w, b):
     direction = xp.sign(w) * xp.sign(c)[:, None]
     room = xp.where(direction > 0, 1.0 - x, x)
     # sort each row's room; the same permutation of |w| through flat indices (row * n + column)
-    order = xp.argsort(room, axis=1)
+    order = argsort_rows(room)
     flat = xp.reshape(order + n * xp.reshape(xp.arange(N, device=device_of(x)), (N, 1)), (-1,))
     r = xp.reshape(xp.take(xp.reshape(room, (-1,)), flat), (N, n))
     a = xp.reshape(xp.take(xp.reshape(xp.abs(w), (-1,)), flat), (N, n))

@@ -1,6 +1,7 @@
 """Tests for attacks/minimum_norm.py: FAB-T and its exact L-infinity projection.
 
 - `project_linf` against a slow bisection on the piecewise-linear g(lam), feasible or not;
+  its sort (`argsort_rows`) against a stable argsort, ties included;
 - on a linear model the minimal L-infinity perturbation toward each class has a closed form
   (the same projection, from the original image): FAB finds it to within half a percent, and
   never anything smaller than the smallest over all classes;
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attacks.iterative import argsort_rows
 from attacks.minimum_norm import fab_run, fab_targeted, project_linf
 from helpers import assert_like, counting
 from nn import Dense, Flatten, ReLU, Sequential, eval_mode
@@ -51,6 +53,18 @@ def test_projection_is_the_slow_bisection(seed, n, scale):
     # where the plane is reached, the step is on it; where not, nothing in the box gets closer
     corner = np.where(np.sign(w) * np.sign(b - np.sum(w * x, axis=1))[:, None] > 0, 1.0, 0.0)
     assert np.all(reached | np.isclose(np.sum(w * (x + d), axis=1), np.sum(w * corner, axis=1)))
+
+
+@given(seed=seeds, n=st.integers(1, 800))
+def test_rows_sort_as_a_stable_argsort(seed, n):
+    """argsort_rows, FAB's sort of each coordinate's room: in float32 a sort of packed 64-bit
+    keys, which must order rows full of ties (0, 1, the same value, -0.0 as 0) exactly as
+    argsort's stable sort; float64 takes argsort itself."""
+    rng = np.random.default_rng(seed)
+    room = rng.choice(np.float32([0.0, -0.0, 1.0, 0.25, 1e-30, 3e-45]), (5, n))
+    room[:, ::3] = rng.random((5, len(range(0, n, 3))), dtype=np.float32)
+    for a in (room, room.astype(np.float64)):
+        np.testing.assert_array_equal(argsort_rows(a), np.argsort(a, axis=1, kind="stable"))
 
 
 def linear_case(seed, n=40):
