@@ -59,7 +59,7 @@ def project_linf(x, w, b):
     N, n = x.shape
     c = b - xp.sum(w * x, axis=1)
     direction = xp.sign(w) * xp.sign(c)[:, None]
-    room = xp.where(direction > 0, 1.0 - x, x)
+    room = xp.abs(xp.astype(direction > 0, x.dtype) - x)  # 1 - x going up, x going down
     # sort each row's room; the same permutation of |w| through flat indices (row * n + column)
     order = argsort_rows(room)
     flat = xp.reshape(order + n * xp.reshape(xp.arange(N, device=device_of(x)), (N, 1)), (-1,))
