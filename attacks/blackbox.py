@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 from nn.backend import device_of, xp_of
+from nn.layers import no_grad
 from nn.losses import log_softmax, softmax
 from nn.model import EVAL_BATCH, batch_slices, eval_mode, predict
 
@@ -105,10 +106,9 @@ class ScoreOracle(_Oracle):
                     f"the oracle answers at most {self.per_image_budget} queries per image; "
                     f"image {over[0]} has had {self.per_image[over[0]]}")
         xp = xp_of(images)
-        with eval_mode(self._model):
+        with eval_mode(self._model), no_grad():
             scores = xp.concat([self._model.forward(images[s, ...])
                                 for s in batch_slices(n, self._batch_size)], axis=0)
-            self._model.clear_caches()
         self.queries += n
         self.per_image.update(ids or [])
         return {"logits": lambda z: z, "log_probs": log_softmax, "probs": softmax}[self.output](

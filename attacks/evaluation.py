@@ -4,6 +4,7 @@ import numpy as np
 
 from nn.backend import to_numpy, xp_of
 from nn.interval import certified
+from nn.layers import no_grad
 from nn.model import EVAL_BATCH, batch_slices, eval_mode, first_param, on_model
 
 from .gradient import fgs_step, fgv_step, loss_and_gradients
@@ -66,7 +67,8 @@ def evaluate(model, images, labels, attacks=None, batch_size=EVAL_BATCH):
             totals["n_correct"] += int(xp.sum(xp.astype(correct, xp.int64)))
             for name, attack in attacks.items():
                 x_adv = attack(model, x, t, p.dx)
-                still = correct & (xp.argmax(model.forward(x_adv), axis=1) == t)
+                with no_grad():
+                    still = correct & (xp.argmax(model.forward(x_adv), axis=1) == t)
                 delta = xp.reshape(x_adv - x, (x.shape[0], -1))
                 mask = xp.astype(correct, x.dtype)
                 totals[f"{name}_still"] += int(xp.sum(xp.astype(still, xp.int64)))

@@ -35,7 +35,7 @@ import numpy as np
 
 from nn.backend import device_of, to_numpy, xp_of
 from nn.losses import one_hot, softmax_cross_entropy
-from nn.model import eval_mode
+from nn.model import eval_mode, no_grad
 
 from .gradient import loss_and_gradients
 from .iterative import argsort_rows, put_rows, ranked_targets, retire, take_rows, where_rows
@@ -87,13 +87,12 @@ def _linf(a):
 def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alpha_max=ALPHA_MAX,
             stop_at=None):
     """One targeted FAB run: (x_best like x, dist (N,): |x_best - x| in L-infinity, inf where no
-    misclassified point was found; x_best is x there).
-
-    x (N, C, H, W) in [0, 1], t (N,) labels, target (N,) the wrong class whose hyperplane
-    z_target = z_label each step projects onto; `steps` iterations of one forward and one
-    backward pass at x_k plus one forward at x_{k+1}; from `start` (like x; default x).
-    The gradient of z_target - z_label is one backward pass of dout = onehot(target) - onehot(t).
-    stop_at: an image leaves once it has a misclassified point this close (FAB-T asks no more).
+    misclassified point was found; x_best is x there). x (N, C, H, W) in [0, 1], t (N,)
+    labels, target (N,) the wrong class whose hyperplane z_target = z_label each step projects
+    onto; `steps` iterations of one forward and one backward pass at x_k plus one forward at
+    x_{k+1} (no_grad); from `start` (like x; default x). The gradient of z_target - z_label is
+    one backward pass of dout = onehot(target) - onehot(t). stop_at: an image leaves once it
+    has a misclassified point this close (FAB-T asks no more).
     """
     xp = xp_of(x)
     N = x.shape[0]
@@ -117,7 +116,8 @@ def fab_run(model, x, t, target, steps=100, start=None, eta=ETA, beta=BETA, alph
             alpha = xp.minimum(size_k / (size_k + size_0), alpha_max)[:, None]
             x_new = xp.reshape(xp.clip((1 - alpha) * (flat_k + eta * d_k)
                                        + alpha * (s.x0 + eta * d_0), 0.0, 1.0), s.x.shape)
-            adv = xp.argmax(model.forward(x_new), axis=1) != s.t
+            with no_grad():
+                adv = xp.argmax(model.forward(x_new), axis=1) != s.t
             size = _linf(x_new - s.x)
             closer = adv & (size < s.dist)
             s.best, s.dist = where_rows(closer, x_new, s.best), xp.where(closer, size, s.dist)

@@ -33,7 +33,7 @@ from attacks import (
     pgd,
     square,
 )
-from nn import EVAL_BATCH, batch_slices, eval_mode, predict
+from nn import EVAL_BATCH, batch_slices, eval_mode, no_grad, predict
 from nn.backend import namespace_for, xp_of
 from training.cli import float_in, int_at_least, positive_int
 
@@ -160,9 +160,8 @@ def broken_by_attack(model, attack, images, labels, todo, rng, bar):
         x, t = on_model(model, images[idx]), on_model(model, labels[idx])
         x_adv = attack(model, x, t, rng, idx)
         xp = xp_of(x_adv)
-        with eval_mode(model):
+        with eval_mode(model), no_grad():
             broken[s] = host(xp.argmax(model.forward(x_adv), axis=1)) != labels[idx]
-        model.clear_caches()
         linf = max(linf, float(xp.max(xp.abs(x_adv - x))))
         bar.update(len(idx))
     return broken, linf

@@ -11,6 +11,7 @@ from .layers import (
     MaxPool2d,
     ReLU,
     Sigmoid,
+    no_grad,
 )
 from .losses import mse_loss, softmax, softmax_cross_entropy
 from .model import (

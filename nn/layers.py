@@ -9,11 +9,29 @@ The maths lives in `nn/functional.py` and `nn/conv.py`. Parameters are initialis
 from a seeded `numpy.random.Generator` in float32; `Sequential.to(xp)` moves them to another
 array library.
 """
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import numpy as np
 
 from . import conv, pool
 from . import functional as F
 from .backend import device_of, xp_of
+
+# False inside no_grad(): forward passes keep nothing for a backward (per thread and task)
+_keep_caches = ContextVar("keep_caches", default=True)
+
+
+@contextmanager
+def no_grad():
+    """A block of forward passes that no backward follows (an oracle's scores, a prediction):
+    the layers keep no cache, and max pooling does not note where each maximum was (Square's
+    queries x0.94 on the PGD model). A backward after such a forward raises."""
+    token = _keep_caches.set(False)
+    try:
+        yield
+    finally:
+        _keep_caches.reset(token)
 
 
 class Layer:
@@ -26,12 +44,13 @@ class Layer:
         self._cache = None
 
     def _remember(self, cache):
-        self._cache = cache
+        self._cache = cache if _keep_caches.get() else None
 
     def _take_cache(self):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called without a forward "
-                               "before it (each forward allows one backward)")
+                               "before it (each forward allows one backward, one under no_grad "
+                               "none)")
         cache, self._cache = self._cache, None
         return cache
 
@@ -100,7 +119,8 @@ class MaxPool2d(Layer):
         self.stride = kernel_size if stride is None else stride
 
     def forward(self, x):
-        out, cache = pool.max_pool2d_forward(x, self.kernel_size, self.stride)
+        out, cache = pool.max_pool2d_forward(x, self.kernel_size, self.stride,
+                                             record=_keep_caches.get())
         self._remember(cache)
         return out
 

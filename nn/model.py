@@ -15,7 +15,7 @@ import numpy as np
 
 from . import parallel
 from .backend import device_of, to_device, to_numpy, xp_of
-from .layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sigmoid
+from .layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sigmoid, no_grad
 
 
 class Sequential:
@@ -199,7 +199,7 @@ def batch_slices(n, batch_size):
 def predict(model, images, batch_size=EVAL_BATCH):
     """Predicted labels (N,) on the host for host images (N, C, H, W), in eval mode."""
     xp = xp_of(first_param(model))
-    with eval_mode(model):
+    with eval_mode(model), no_grad():
         return np.concatenate([to_numpy(xp.argmax(model.forward(on_model(model, images[s])), axis=1))
                                for s in batch_slices(len(images), batch_size)])
 

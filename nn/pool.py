@@ -8,13 +8,14 @@ from .backend import xp_of
 from .conv import _window, output_size
 
 
-def max_pool2d_forward(x, kernel_size, stride):
+def max_pool2d_forward(x, kernel_size, stride, record=True):
     """Maximum over each KxK window: x (N, C, H, W) -> out (N, C, OH, OW).
 
     The maximum is taken over the K*K strided views x[:, :, i::stride, j::stride], one per
     window offset (i, j); this covers overlapping and non-overlapping windows alike. The cache
     keeps, for every offset after the first, where it raised the running maximum (bool, like
-    out): what the backward needs, so that it never reads x again. The loops, window by window:
+    out): what the backward needs, so that it never reads x again; record=False (no backward
+    follows: nn.no_grad) skips them and returns no cache. The loops, window by window:
     nn/naive.py, max_pool2d_forward (and _backward).
     """
     xp = xp_of(x)
@@ -28,9 +29,10 @@ def max_pool2d_forward(x, kernel_size, stride):
                 out = v
             else:
                 new = xp.maximum(out, v)
-                rises.append(new != out)  # strictly above all earlier offsets: ties keep the first
+                if record:  # strictly above all earlier offsets: ties keep the first
+                    rises.append(new != out)
                 out = new
-    return out, (x, rises, kernel_size, stride)
+    return out, ((x, rises, kernel_size, stride) if record else None)
 
 
 def _winners(rises):

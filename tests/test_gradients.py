@@ -13,6 +13,7 @@ away from 0 and max-pool windows hold distinct values 0.1 apart, while the step 
 whole-model checks record which side of every kink each forward pass saw and assert that no step
 crossed one (`WithLoss.assert_no_kink_crossed`).
 """
+import threading
 from unittest.mock import patch
 
 import numpy as np
@@ -45,6 +46,7 @@ from nn.layers import (
     ReLU,
     Sigmoid,
     Tanh,
+    no_grad,
 )
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD
@@ -732,6 +734,33 @@ def test_max_pool2d_all_zero_input_takes_top_left_of_each_window():
     expected = np.zeros((4, 4))
     expected[::2, ::2] = 1.0
     np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_no_grad_keeps_nothing_and_changes_no_number(train):
+    """Forward passes under nn.no_grad give the same floats (the CNN with BatchNorm, 3 images,
+    where max pooling then skips its record of each maximum), keep no cache, so a backward
+    raises; after the block, and in another thread while it is open, passes keep theirs."""
+    rng = np.random.default_rng(5)
+    model = reference_cnn(batch_norm=True, rng=rng)
+    model.train() if train else model.eval()
+    x = rng.random((3, 1, 28, 28), dtype=np.float32)
+    out = model.forward(x)  # train mode: the batch's statistics, whatever the running ones
+    with no_grad():
+        np.testing.assert_array_equal(model.forward(x), out)
+        assert all(layer._cache is None for layer in model.layers)
+        with pytest.raises(RuntimeError, match="no_grad"):
+            model.backward(np.ones_like(out))
+        kept = []
+        thread = threading.Thread(target=lambda: kept.append(
+            (model.forward(x), [layer._cache is not None for layer in model.layers])))
+        thread.start()
+        thread.join()
+        assert all(kept[0][1])
+    model.forward(x)
+    dx, grads = model.backward(np.ones_like(out))
+    assert dx.shape == x.shape and len(grads) == len(model.params)
+    assert max_pool2d_forward(x, 2, 2, record=False)[1] is None
 
 
 # --- the layer protocol ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from attacks import certify, fgs, fgv, pgd, targeted_pgd
-from nn import eval_mode, predict, softmax
+from nn import eval_mode, no_grad, predict, softmax
 from web.guard import Guard, RateLimit
 from web.inputs import ApiError, parse_attack, parse_predict, read_body
 from web.ledger import BudgetSpent, MemoryLedger, key_id
@@ -129,9 +129,8 @@ class Served:
 
     def probs(self, x):
         """Float64 probabilities (N, 10) of host images x (N, 1, 28, 28)."""
-        with self.lock, eval_mode(self.model):
+        with self.lock, eval_mode(self.model), no_grad():
             logits = np.asarray(self.model.forward(x), dtype=np.float64)
-            self.model.clear_caches()
         return softmax(logits)
 
     def attack(self, x, name, eps, target):
