@@ -1,6 +1,6 @@
 """Our worst-case evaluation (`attack.py robust`) against the authors' AutoAttack, one thread each.
 
-    .venv/bin/python benchmarks/bench_robust.py --model pgd --images 1000 --together  # ~40 min
+    .venv/bin/python benchmarks/bench_robust.py --model pgd --images 1000 --together  # ~1 hour
     .venv/bin/python benchmarks/bench_robust.py --model standard --images 100 --sides ours
 
 Both sides attack the first --images MNIST test images of a shipped model (models/) at its eps,
