@@ -22,6 +22,11 @@ from .backend import device_of, xp_of
 _keep_caches = ContextVar("keep_caches", default=True)
 
 
+def keeps_caches():
+    """Whether forward passes now keep what a backward needs (False inside no_grad)."""
+    return _keep_caches.get()
+
+
 @contextmanager
 def no_grad():
     """A block of forward passes that no backward follows (an oracle's scores, a prediction):
@@ -44,7 +49,7 @@ class Layer:
         self._cache = None
 
     def _remember(self, cache):
-        self._cache = cache if _keep_caches.get() else None
+        self._cache = cache if keeps_caches() else None
 
     def _take_cache(self):
         if self._cache is None:
@@ -120,7 +125,7 @@ class MaxPool2d(Layer):
 
     def forward(self, x):
         out, cache = pool.max_pool2d_forward(x, self.kernel_size, self.stride,
-                                             record=_keep_caches.get())
+                                             record=keeps_caches())
         self._remember(cache)
         return out
 

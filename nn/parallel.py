@@ -37,7 +37,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from . import workers
-from .layers import Dropout, _BatchNorm
+from .layers import Dropout, _BatchNorm, keeps_caches
 
 # images per slice below which a split costs more than it saves (on 2 cores with threads: 4-24
 # images per slice 1.1-2.4 times slower than the whole batch, 32 faster, 50 1.15-1.3 times)
@@ -213,10 +213,11 @@ def forward(model, x):
     split = _Pass(workers.pool(_threads, _forgotten))
     mine = replica(model, split.exchange)
     state = [(layer.training, layer.params, layer.buffers) for layer in model.layers]
-    commands = [("forward", key, (state, np.geterr(), x[s])) for s in slices[1:]]
+    keep = keeps_caches()  # False under no_grad: no backward follows, in any process
+    commands = [("forward", key, (state, np.geterr(), keep, x[s])) for s in slices[1:]]
     outs = split.run(commands, lambda: mine.forward(x[slices[0]]))
     model.clear_caches()
-    model._split = (split, mine, key, slices)
+    model._split = (split, mine, key, slices) if keep else None
     return np.concatenate(outs, axis=0)
 
 

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from multiprocessing.connection import Connection
 
 import numpy as np
 
 from .backend import reuse_host_memory
-from .layers import _BatchNorm
+from .layers import _BatchNorm, no_grad
 
 SPIN = 0.005  # seconds a waiting process polls before it sleeps
 
@@ -141,12 +142,12 @@ def _obey(conn, models, exchange, op, key, args):
             raise LookupError(f"this worker holds no model {key}: it was restarted between a "
                               "split forward and its backward")
         elif op == "forward":
-            state, errors, x = args
+            state, errors, keep, x = args
             for layer, (training, params, buffers) in zip(models[key].layers, state):
                 layer.training = training
                 layer.params.update(params)
                 layer.buffers.update(buffers)
-            with np.errstate(**errors):
+            with np.errstate(**errors), nullcontext() if keep else no_grad():
                 result = models[key].forward(x)
         else:
             errors, dout, input_grad, param_grads = args

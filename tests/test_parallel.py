@@ -15,7 +15,17 @@ import pytest
 
 from attacks.adversarial_training import adversarial_step, standard_step
 from attacks.gradient import loss_and_gradients
-from nn import SGD, BatchNorm2d, Dropout, Flatten, Sequential, parallel, reference_cnn, workers
+from nn import (
+    SGD,
+    BatchNorm2d,
+    Dropout,
+    Flatten,
+    Sequential,
+    no_grad,
+    parallel,
+    reference_cnn,
+    workers,
+)
 from nn.gradcheck import as_float64
 from nn.layers import Layer
 
@@ -112,6 +122,21 @@ def test_a_split_forward_allows_one_backward(two_threads):
     model.backward(np.ones_like(logits))
     with pytest.raises(RuntimeError, match="without a forward"):
         model.backward(np.ones_like(logits))
+
+
+def test_a_split_forward_under_no_grad_keeps_nothing_anywhere(two_threads):
+    """The same outputs as a forward that keeps its caches; nothing kept here or in the
+    workers, so a backward raises, and the next forward keeps its caches again."""
+    model = reference_cnn().eval()
+    x, _ = batch(SPLIT)
+    logits = model.forward(x)
+    with no_grad():
+        np.testing.assert_array_equal(model.forward(x), logits)
+    assert model._split is None and all(layer._cache is None for layer in model.layers)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        model.backward(np.ones_like(logits))
+    model.forward(x)
+    assert model.backward(np.ones_like(logits))[0].shape == x.shape
 
 
 @pytest.mark.parametrize("step", ["standard", "adversarial"])
