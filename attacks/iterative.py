@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from nn.backend import device_of, to_device, to_numpy, xp_of
+from nn.backend import device_of, is_numpy, to_device, to_numpy, xp_of
 from nn.interval import input_box
 from nn.losses import softmax
 from nn.model import eval_mode
@@ -81,7 +81,7 @@ def argsort_rows(a):
     On NumPy in float32, one sort of 64-bit keys instead, a value's bits above its column
     (non-negative floats order like their bits; -0.0 counted as 0), sorted as float64, which
     NumPy's SIMD sort takes and its argsort does not: FAB's 200 rows of 784, 3.9 -> 1.4 ms."""
-    if not (type(a) is np.ndarray and a.dtype == np.float32):
+    if not (is_numpy(a) and a.dtype == np.float32):
         return xp_of(a).argsort(a, axis=1, stable=True)
     keys = (a.view(np.uint32) & 0x7FFFFFFF).astype(np.uint64) << np.uint64(32)
     keys |= np.arange(a.shape[1], dtype=np.uint64)

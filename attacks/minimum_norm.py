@@ -33,9 +33,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from nn import eval_mode, no_grad
 from nn.backend import device_of, to_numpy, xp_of
 from nn.losses import one_hot, softmax_cross_entropy
-from nn.model import eval_mode, no_grad
 
 from .gradient import loss_and_gradients
 from .iterative import argsort_rows, put_rows, ranked_targets, retire, take_rows, where_rows
