@@ -86,8 +86,10 @@ class Conv2d(Layer):
         self._remember(cache)
         return out
 
-    def backward(self, dout, input_grad=True, param_grads=True):
-        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), input_grad, param_grads)
+    def backward(self, dout, input_grad=True, param_grads=True, gated=False):
+        """gated: a ReLU comes before, so that dx may stay 0 in its dead channels."""
+        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), input_grad, param_grads,
+                                          gated)
         return dx, ({"W": dw, "b": db} if param_grads else {})
 
 

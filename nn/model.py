@@ -67,8 +67,11 @@ class Sequential:
             return parallel.backward(self, dout, input_grad, param_grads)
         grads = {}
         for i in reversed(range(len(self.layers))):
+            # a ReLU before a convolution drops its dead channels' gradient: not computed
+            gated = {"gated": True} if (i and isinstance(self.layers[i], Conv2d)
+                                        and isinstance(self.layers[i - 1], ReLU)) else {}
             dout, layer_grads = self.layers[i].backward(dout, input_grad=input_grad or i > 0,
-                                                        param_grads=param_grads)
+                                                        param_grads=param_grads, **gated)
             for name, g in layer_grads.items():
                 grads[f"{i}.{name}"] = g
         return dout, grads

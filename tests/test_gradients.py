@@ -637,6 +637,61 @@ def test_conv2_leaves_out_the_channels_zero_in_every_image(N):
     np.testing.assert_array_equal(dx, conv2d_backward(d2, cache, param_grads=False)[0])
 
 
+@pytest.mark.parametrize("N", [1, 32, 87])
+def test_conv2_after_a_relu_leaves_its_dead_channels_out_of_dx(N):
+    """gated (a ReLU before): the channels of x zero in every image get dx exactly 0 without a
+    product, the others the ungated floats bit for bit; a channel zero but in one place, or all
+    negative, stays (none dead, every channel: the ungated dx itself)."""
+    rng = np.random.default_rng(N)
+    xt = rng.random((32, 12, 12, N), dtype=np.float32)
+    xt[[0, 5, 6, 20, 31]] = 0.0
+    xt[7] = -xt[7]
+    xt[9] = 0.0
+    xt[9, 3, 4, N - 1] = 0.5
+    x = np.transpose(xt, (3, 0, 1, 2))
+    w = rng.standard_normal((64, 32, 5, 5), dtype=np.float32)
+    d2 = rng.standard_normal((N, 64, 8, 8), dtype=np.float32)
+    _, cache = conv2d_forward(x, w, np.zeros(64, np.float32), keep_cols=False)
+    whole = conv2d_backward(d2, cache, param_grads=False)[0]
+    gated = conv2d_backward(d2, cache, param_grads=False, gated=True)[0]
+    live = np.any(x, axis=(0, 2, 3))
+    assert live.sum() == 27 and not gated[:, ~live].any()
+    np.testing.assert_array_equal(gated[:, live], whole[:, live])
+    _, cache = conv2d_forward(x + 1.0, w, np.zeros(64, np.float32), keep_cols=False)
+    ungated = conv2d_backward(d2, cache, param_grads=False)[0]
+    _, cache = conv2d_forward(x + 1.0, w, np.zeros(64, np.float32), keep_cols=False)
+    np.testing.assert_array_equal(conv2d_backward(d2, cache, param_grads=False, gated=True)[0],
+                                  ungated)
+
+
+def test_only_a_relu_before_a_convolution_gates_its_input_gradient():
+    """A model's backward leaves out the dead channels of a ReLU before a convolution (the same
+    gradients), and of nothing else: after max pooling, a channel that is 0 everywhere still
+    carries the gradient of the weights that made it."""
+    rng = np.random.default_rng(3)
+    x = rng.random((4, 1, 12, 12))
+    for gate in (ReLU(), MaxPool2d(1)):
+        model = Sequential(Conv2d(1, 6, 3, rng=rng), gate, Conv2d(6, 4, 3, rng=rng))
+        model.layers[0].params["W"][:3] = 0.0
+        model.layers[0].params["b"][:3] = 0.0 if isinstance(gate, MaxPool2d) else -1.0
+        model.eval()
+        out = model.forward(x)
+        dout = rng.standard_normal(out.shape)
+        dx, grads = model.backward(dout)
+        h = x
+        for layer in model.layers:
+            h = layer.forward(h)
+        d, expected = dout, {}
+        for i in reversed(range(3)):  # every layer ungated
+            d, g = model.layers[i].backward(d)
+            expected.update({f"{i}.{k}": v for k, v in g.items()})
+        np.testing.assert_allclose(dx, d, rtol=1e-12, atol=1e-14)
+        for name, g in expected.items():
+            np.testing.assert_allclose(grads[name], g, rtol=1e-12, atol=1e-14)
+        if isinstance(gate, MaxPool2d):
+            assert np.abs(grads["0.W"][:3]).min() > 0
+
+
 @pytest.mark.parametrize("P", [4 * SMALL_K, 4 * SMALL_K + 37, 3 * SMALL_K])
 def test_long_products_in_pieces_give_the_one_product(P):
     """conv1's products (32 x 26 by 26 x P, and its dW, 32 x 26 over P columns) in pieces of
