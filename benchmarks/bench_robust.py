@@ -7,7 +7,7 @@ Both sides attack the first --images MNIST test images of a shipped model (model
 with AutoAttack's standard version: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square
 (5,000 queries), each on the images the attacks before it left correct. Ours is `attack.py
 robust --model M`; theirs is Croce and Hein's code as packaged on PyPI (`pyautoattack`, the
-oracle extra: pip install -e '.[oracle]'), `AutoAttack(version="standard", seed=0)` on the same
+oracle extra: pip install -e '.[oracle]'), `AutoAttack(version="standard", seed=seed)` on the same
 weights loaded into torch, in its default batches of 250. Each side runs in its own subprocess
 whose BLAS and OpenMP pools hold one thread (the variables are set before NumPy or torch loads).
 --together runs the two at once (two single-thread jobs on two cores: half the wall time, and
@@ -38,12 +38,12 @@ from training.grid_task import THREADS as ONE_THREAD  # noqa: E402 (one BLAS/Ope
 ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def ours(model, images, out):
+def ours(model, images, out, seed):
     """Run attack.py robust in a one-thread subprocess: {attack: (robust_acc, seconds)}, the
     worst case, the attacks' seconds and the wall time."""
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "attack.py"), "robust", "--model", model,
-                    "--images", str(images), "--out", str(out)], check=True,
+                    "--images", str(images), "--out", str(out), "--seed", str(seed)], check=True,
                    env=os.environ | ONE_THREAD, cwd=ROOT)
     wall = time.perf_counter() - start
     (report,) = json.loads((Path(out) / "results.json").read_text())["models"]
@@ -52,7 +52,7 @@ def ours(model, images, out):
             "attack_seconds": sum(s for _, s in after.values()), "wall_seconds": wall}
 
 
-def theirs_in_process(model, images):
+def theirs_in_process(model, images, seed):
     """The authors' AutoAttack on the shipped model in this process (one thread)."""
     import numpy as np
     import torch
@@ -78,7 +78,7 @@ def theirs_in_process(model, images):
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     start = time.perf_counter()
-    adversary = AutoAttack(net, eps=entry["eps"], version="standard", seed=0)
+    adversary = AutoAttack(net, eps=entry["eps"], version="standard", seed=seed)
     x_adv = adversary.run_standard_evaluation(x, t, batch_size=250)[0]
     seconds = time.perf_counter() - start
     with torch.no_grad():
@@ -94,11 +94,11 @@ def theirs_in_process(model, images):
             "attack_seconds": seconds}
 
 
-def theirs(model, images):
+def theirs(model, images, seed):
     """theirs_in_process in a one-thread subprocess (this script with --_theirs)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--model", model, "--images", str(images),
-                           "--_theirs"], check=True, capture_output=True, text=True,
+                           "--seed", str(seed), "--_theirs"], check=True, capture_output=True, text=True,
                           env=os.environ | ONE_THREAD, cwd=ROOT)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result | {"wall_seconds": time.perf_counter() - start}
@@ -131,15 +131,17 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=1000, help="the first N test images")
     ap.add_argument("--sides", nargs="+", choices=["ours", "theirs"], default=["ours", "theirs"])
     ap.add_argument("--together", action="store_true", help="run both sides at once")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="both sides' random starts (ours: attack.py --seed; theirs: AutoAttack's)")
     ap.add_argument("--json", metavar="PATH", help="write the results here")
     ap.add_argument("--_theirs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._theirs:
-        print(json.dumps(theirs_in_process(args.model, args.images)))
+        print(json.dumps(theirs_in_process(args.model, args.images, args.seed)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = {"ours": lambda: ours(args.model, args.images, Path(tmp) / "ours"),
-                "theirs": lambda: theirs(args.model, args.images)}
+        jobs = {"ours": lambda: ours(args.model, args.images, Path(tmp) / "ours", args.seed),
+                "theirs": lambda: theirs(args.model, args.images, args.seed)}
         if args.together:
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(len(args.sides)) as pool:
@@ -147,13 +149,14 @@ def main(argv=None):
                 results = {s: f.result() for s, f in futures.items()}
         else:
             results = {s: jobs[s]() for s in args.sides}
-    print(f"\n{args.model}, first {args.images} test images, one thread each "
+    print(f"\n{args.model}, first {args.images} test images, seed {args.seed}, one thread each "
           f"({'together' if args.together else 'one after the other'}), "
           f"{time.strftime('%Y-%m-%d')}:")
     print("\n".join(table(results)))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "images": args.images,
-                                               "together": args.together, **results}, indent=1))
+                                               "together": args.together,
+                                               "seed": args.seed, **results}, indent=1))
 
 
 if __name__ == "__main__":
