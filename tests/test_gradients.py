@@ -32,7 +32,13 @@ from nn.conv import (
     conv_transpose2d_forward,
     im2col,
 )
-from nn.functional import SMALL_K, product, product_nt
+from nn.functional import (
+    SMALL_K,
+    batch_norm_backward,
+    batch_norm_forward,
+    product,
+    product_nt,
+)
 from nn.gradcheck import as_float64, check_layer, directional_check, numerical_gradient, rel_error
 from nn.layers import (
     BatchNorm1d,
@@ -925,6 +931,28 @@ def test_batch_norm_running_statistics_follow_pytorch(shape):
     np.testing.assert_array_equal(layer.buffers["running_var"], var)
     layer.backward(np.ones_like(out2))
     np.testing.assert_array_equal(layer.buffers["running_var"], var)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 32])
+def test_batch_norm_in_blocks_of_channels_gives_the_same_floats(rows):
+    """The first BatchNorm of the exercise's CNN (32 channels, batch innermost as conv1 leaves
+    it) a block of 1, 3 (the last block 2) or all 32 channels at a time: the same forward, input
+    and parameter gradients and running statistics, bit for bit, in train and eval mode."""
+    rng = np.random.default_rng(rows)
+    x = np.transpose(rng.standard_normal((32, 24, 24, 5), dtype=np.float32) + 1.0, (3, 0, 1, 2))
+    dout = np.transpose(rng.standard_normal((32, 24, 24, 5), dtype=np.float32), (3, 0, 1, 2))
+    gamma, beta, mean, var = (rng.random(32, dtype=np.float32) + 0.5 for _ in range(4))
+
+    def passes(block_bytes):
+        with patch("nn.functional.BLOCK_BYTES", block_bytes):
+            results = []
+            for train in (True, False):
+                out, cache, running = batch_norm_forward(x, gamma, beta, mean, var, train=train)
+                results += [out, *running, *batch_norm_backward(dout, cache)]
+            return results
+
+    for blocked, whole in zip(passes(rows * 24 * 24 * 5 * 4), passes(2**40), strict=True):
+        np.testing.assert_array_equal(blocked, whole)
 
 
 def test_model_eval_forward_is_per_sample_and_leaves_buffers():
