@@ -300,12 +300,15 @@ def test_messages_grow_the_shared_memory_and_copy_their_arrays_out():
     big = np.arange(2**19, dtype=np.float64)  # 4 MiB: more than the first 1 MiB
     ours.send("one", {"x": big, "y": big[::2]}, 3)
     kind, arrays, n = theirs.recv()
-    ours.send("two", np.zeros(4))  # the next message overwrites the start of the file
+    ours.send("two", big[:2**12] + 1.0)  # 32 KiB: over the start of the file
     theirs.recv()
     assert kind == "one" and n == 3
     np.testing.assert_array_equal(arrays["x"], big)
     np.testing.assert_array_equal(arrays["y"], big[::2])
     arrays["x"][0] = 1.0  # writable
+    ours.send("three", np.full(4, 7.0))  # BatchNorm's parts: small, in the pickle itself
+    np.testing.assert_array_equal(theirs.recv()[1], np.full(4, 7.0))
+    assert bytes(ours.out.map[:32]) == (big[:4] + 1.0).tobytes()
 
 
 def test_host_threads_follow_the_blas_setting():
