@@ -201,8 +201,13 @@ def _live(xt, wb, offsets):
     live = np.flatnonzero(np.any(xt.reshape(C, -1), axis=1))
     if live.size == C:
         return xt, wb
-    w = wb[:, :-1].reshape(len(wb), offsets, C)[:, :, live].reshape(len(wb), -1)
-    return xt[live], np.concatenate([w, wb[:, -1:]], axis=1)
+    return xt[live], np.concatenate([_live_columns(wb[:, :-1], offsets, live), wb[:, -1:]], axis=1)
+
+
+def _live_columns(w, offsets, live):
+    """w (F, offsets*C), columns (i, j, c) as im2col's rows: the live c of every offset."""
+    C = w.shape[1] // offsets
+    return w.reshape(len(w), offsets, C)[:, :, live].reshape(len(w), -1)
 
 
 def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False):
@@ -241,8 +246,8 @@ def _folded(W2, d2, x, KH, KW, stride, padding, gated=False):
     dxt = np.zeros((C, H + 2 * padding, W + 2 * padding, N), dtype=d2.dtype)
     live = np.flatnonzero(np.any(x, axis=(0, 2, 3))) if gated else np.arange(C)
     part = dxt if live.size == C else dxt[live]  # a copy: written back below
-    if live.size < C:  # columns (i, j, c): keep the live c of every offset
-        W2 = W2.reshape(len(W2), KH * KW, C)[:, :, live].reshape(len(W2), -1)
+    if live.size < C:
+        W2 = _live_columns(W2, KH * KW, live)
     K = W2.shape[1]
     R = _block_rows(max(K, 1), OW, N, d2.dtype.itemsize, OH)
     buffer = np.empty((K, R * OW * N), dtype=d2.dtype)
