@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from nn.backend import blas_kernel_note  # noqa: E402
 from training.grid_task import THREADS as ONE_THREAD  # noqa: E402 (one BLAS/OpenMP thread)
 
 ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -153,10 +154,14 @@ def main(argv=None):
           f"({'together' if args.together else 'one after the other'}), "
           f"{time.strftime('%Y-%m-%d')}:")
     print("\n".join(table(results)))
+    note = blas_kernel_note()
+    if note:
+        print(f"note: {note}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "images": args.images,
                                                "together": args.together,
-                                               "seed": args.seed, **results}, indent=1))
+                                               "seed": args.seed, "blas_kernel_note": note,
+                                               **results}, indent=1))
 
 
 if __name__ == "__main__":

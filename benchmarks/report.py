@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nn import EVAL_BATCH
+from nn.backend import blas_kernel_note
 
 EVAL_KEYS = ("clean_acc", "fgs_acc", "fgv_acc")
 UNITS = {"train_step": "ms/step", "adv_step": "ms/step", "fwd_bwd": "ms/pass",
@@ -32,6 +33,7 @@ def environment(torch):
             "threadpools": [{k: p.get(k) for k in ("user_api", "internal_api", "prefix",
                                                    "version", "num_threads", "threading_layer",
                                                    "architecture")} for p in threadpool_info()]}
+    info["blas_kernel_note"] = blas_kernel_note()
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f
@@ -97,6 +99,8 @@ def print_environment(env, config, elapsed, checks):
               f"threading {p['threading_layer']}")
     if env["OPENBLAS_CORETYPE"] is not None:
         print(f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}")
+    if env.get("blas_kernel_note"):
+        print(f"note: {env['blas_kernel_note']}")
     other = {k: v for k, v in env["blas_env"].items() if k != "OPENBLAS_CORETYPE"}
     if other:
         print("BLAS/threading environment: " + ", ".join(f"{k}={v}" for k, v in other.items()))

@@ -272,3 +272,23 @@ def test_reuse_host_memory_takes_effect_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning applies to glibc only")
     assert reuse_host_memory() is True
+
+
+@pytest.mark.parametrize("architecture, flags, coretype, says", [
+    ("Haswell", {"avx2", "avx512f"}, "Haswell",
+     "OPENBLAS_CORETYPE=Haswell in the environment holds it there; unset it"),
+    ("Zen", {"avx2", "avx512f"}, None, "set OPENBLAS_CORETYPE=SkylakeX"),
+    ("SkylakeX", {"avx2", "avx512f"}, "SkylakeX", None),
+    ("Haswell", {"avx2"}, "Haswell", None),  # the CPU has no AVX-512
+    (None, {"avx512f"}, None, None),  # no OpenBLAS in this process
+])
+def test_kernel_note_names_avx2_kernels_on_an_avx512_cpu(architecture, flags, coretype, says):
+    from nn.backend import blas_kernel_note, kernel_note
+    note = kernel_note(architecture, flags, coretype)
+    if says is None:
+        assert note is None
+    else:
+        assert says in note and f"its {architecture} kernels (AVX2)" in note
+    assert blas_kernel_note() in (None, *[kernel_note(a, {"avx512f"}, c)  # this machine's
+                                          for a in ("Haswell", "Zen", "Sandybridge")
+                                          for c in (a, None)])

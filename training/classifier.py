@@ -25,7 +25,7 @@ from attacks import (
 )
 from data.mnist import load_mnist
 from nn import SGD, reference_cnn
-from nn.backend import namespace_for
+from nn.backend import blas_kernel_note, namespace_for
 from nn.checkpoint import section
 
 from .cli import (
@@ -259,6 +259,8 @@ def run(args):
             publish(history)
         print(f"{name} on {len(train_x)} images, tested on {len(test_x)}; epochs "
               f"{start + 1}..{args.epochs} on {args.device}; writing {args.out}/", flush=True)
+        if args.device == "cpu" and (note := blas_kernel_note()):
+            print(f"note: {note}", flush=True)
         run_epochs(history, args.epochs, train, evaluate_epoch, save)
     if start >= args.epochs:
         print(f"{args.out} already has {start} epochs; raise --epochs to train further")
