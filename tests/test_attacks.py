@@ -31,7 +31,7 @@ from attacks import (
     sign_noise,
     standard_step,
 )
-from helpers import assert_like
+from helpers import assert_like, blas_column_blocks_exact
 from nn import (
     SGD,
     BatchNorm2d,
@@ -561,7 +561,14 @@ def test_evaluation_on_a_real_cnn_equals_attacking_the_correct_images_only(train
     r = evaluate(trained_cnn, x, t, attacks=default_attacks(0.1, 0.2), batch_size=32)
     assert 20 <= r["n_correct"] <= 90  # a partly trained model: both groups are large enough
     assert r["n_correct"] == np.sum(predict(trained_cnn, x) == t)
-    assert_matches_correct_only(r, trained_cnn, x, t, {"fgs": 0.1, "fgv": 0.2}, rel=1e-5)
+    # batches of 32 against the correct images alone: the same floats where the BLAS gives a
+    # product's columns the same whatever columns share it; elsewhere (OpenBLAS's Haswell
+    # kernels) a gradient's last bit can flip the sign of a pixel's step at the [0, 1] border
+    rng = np.random.default_rng(0)
+    exact = blas_column_blocks_exact(rng.standard_normal((64, 801), dtype=np.float32),
+                                     rng.random((801, 64 * 100), dtype=np.float32), 64 * 32)
+    assert_matches_correct_only(r, trained_cnn, x, t, {"fgs": 0.1, "fgv": 0.2},
+                                rel=1e-5 if exact else 1e-3)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 500])

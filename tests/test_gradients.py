@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from nn import losses, naive
 from nn.conv import (
+    _block_rows,
+    _live_columns,
     _row_length,
     _rows,
     col2im,
@@ -57,6 +59,11 @@ from nn.layers import (
 from nn.model import Sequential, reference_cnn
 from nn.optim import SGD
 from nn.pool import max_pool2d_backward, max_pool2d_forward
+from tests.helpers import (
+    assert_floats_as_blas_allows,
+    blas_column_blocks_exact,
+    blas_row_subset_exact,
+)
 
 EXHAUSTIVE_TOL = 1e-6
 seeds = st.integers(0, 2**32 - 1)
@@ -608,12 +615,17 @@ def test_conv2_in_row_blocks_gives_the_same_floats(N):
         b = rng.standard_normal(Fo, dtype=np.float32)
         kept, cache = conv2d_forward(x, w, b)
         streamed, lean = conv2d_forward(x, w, b, keep_cols=False)
-        np.testing.assert_array_equal(streamed, kept)
+        wb = np.concatenate([_rows(w), b[:, None]], axis=1)
+        width = (size - 4) * N * _block_rows(wb.shape[1], size - 4, N, 4, size - 4)
+        exact = blas_column_blocks_exact(wb, im2col(x, 5, 5, 1, 0, ones=True), width)
+        assert_floats_as_blas_allows(streamed, kept, exact)
         assert cache[1] is not None and (lean[1] is None) == (C == 32 or N == 1)
         d2 = np.ascontiguousarray(rng.standard_normal((Fo, size - 4, size - 4, N), np.float32))
         whole = col2im(product(_rows(w).T, d2.reshape(Fo, -1)), x.shape, 5, 5, 1, 0)
         dx, _, _ = conv2d_backward(np.transpose(d2, (3, 0, 1, 2)), lean, param_grads=False)
-        np.testing.assert_array_equal(dx, whole)
+        width = (size - 4) * N * _block_rows(25 * C, size - 4, N, 4, size - 4)
+        exact = blas_column_blocks_exact(_rows(w).T, d2.reshape(Fo, -1), width)
+        assert_floats_as_blas_allows(dx, whole, exact)
 
 
 @pytest.mark.parametrize("N", [32, 87])
@@ -662,7 +674,10 @@ def test_conv2_after_a_relu_leaves_its_dead_channels_out_of_dx(N):
     gated = conv2d_backward(d2, cache, param_grads=False, gated=True)[0]
     live = np.any(x, axis=(0, 2, 3))
     assert live.sum() == 27 and not gated[:, ~live].any()
-    np.testing.assert_array_equal(gated[:, live], whole[:, live])
+    W2, D = _rows(w), np.transpose(d2, (1, 2, 3, 0)).reshape(64, -1)
+    rows = _live_columns(np.arange(800)[None], 25, np.flatnonzero(live))[0]
+    exact = blas_row_subset_exact(W2.T, D, 8 * N * _block_rows(800, 8, N, 4, 8), rows)
+    assert_floats_as_blas_allows(gated[:, live], whole[:, live], exact)
     _, cache = conv2d_forward(x + 1.0, w, np.zeros(64, np.float32), keep_cols=False)
     ungated = conv2d_backward(d2, cache, param_grads=False)[0]
     _, cache = conv2d_forward(x + 1.0, w, np.zeros(64, np.float32), keep_cols=False)
