@@ -1,4 +1,4 @@
-"""Windowed ops on images, fast: convolution and transposed convolution (pooling: nn/pool.py).
+"""Windowed ops on images, fast: convolution (transposed: nn/conv_transpose.py; pooling: nn/pool.py).
 
 The same contract as `nn/functional.py`: `op_forward(...) -> (out, cache)`, `op_backward(dout,
 cache)` returning the input's gradient first, then the parameters'. Convolution is one matrix
@@ -134,14 +134,15 @@ def col2im(dcols, x_shape, KH, KW, stride, padding):
     return xp.permute_dims(dxt, (3, 0, 1, 2))
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0, keep_cols=True):
+def conv2d_forward(x, w, b, stride=1, padding=0, keep_cols=False):
     """Cross-correlation out[n, f] = sum_c x[n, c] * w[f, c] + b[f], as one matrix product.
 
     x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, OH, OW). The bias rides along as a
-    last column of the weights against im2col's row of ones. keep_cols=False (evaluation: an
-    attack's dx does not read the columns) lets a large product run in blocks of output rows,
-    without the input channels that are zero in every image, and a weight gradient unfolds x
-    again. The loops: nn/naive.py, conv2d_forward; read first.
+    last column of the weights against im2col's row of ones. A large product on NumPy runs in
+    blocks of output rows, without the input channels that are zero in every image, and the
+    weight gradient unfolds x again block by block; keep_cols=True makes and keeps the whole
+    columns instead (one product: what the tests hold the blocks to). The loops: nn/naive.py,
+    conv2d_forward; read first.
     """
     xp = xp_of(x, w, b)
     N, C, H, W = x.shape
@@ -160,7 +161,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, keep_cols=True):
 # A product too large for OpenBLAS's small-matrix kernel packs its columns, which have left the
 # L2 cache since im2col wrote them; unfolded and multiplied a block of output rows (~STREAM_BYTES)
 # at a time they are still there: conv2's forward, 87 images, 13.8 -> 11.2 ms (1 thread), same sums.
-# Likewise the input gradient's columns, folded by col2im block by block (`_folded`). Channels
+# Likewise the weight gradient's, unfolded again (`_weight_grad`: two processes' training step x0.96
+# on a 2-core AMD EPYC, their columns no longer crowding the shared L3 cache), and the input
+# gradient's columns, folded by col2im block by block (`_folded`). Channels
 # zero in every image (`_live`) leave the forward product: the PGD model's forward, 100 images, x0.79;
 # after a ReLU (`gated`) the input gradient's too: its forward and backward x0.91.
 STREAM_BYTES = 2 * 2**20
@@ -177,21 +180,36 @@ def _block_rows(K, OW, N, itemsize, OH):
     return min(max(STREAM_BYTES // (K * OW * N * itemsize), 1), OH)
 
 
-def _streamed(x, wb, KH, KW, stride, padding, OH, OW):
-    """[W b] @ im2col(x) -> (F, OH, OW, N), unfolded R rows at a time into one buffer (NumPy)."""
-    N = x.shape[0]
-    xt, wb = _live(_padded_cnhw(x, padding), wb, KH * KW)
-    F, K = wb.shape
-    R = _block_rows(K, OW, N, x.dtype.itemsize, OH)
-    rows = np.empty((K, _row_length(R * OW * N, x.dtype.itemsize)), dtype=x.dtype)
+def _blocks(xt, KH, KW, stride, OH, OW):
+    """(top, r, cols) for blocks of R output rows: im2col's columns of rows top .. top + r - 1
+    of xt (C, H, W, N), the last row ones, in one buffer reused from block to block (NumPy)."""
+    K, N = KH * KW * xt.shape[0] + 1, xt.shape[-1]
+    R = _block_rows(K, OW, N, xt.dtype.itemsize, OH)
+    rows = np.empty((K, _row_length(R * OW * N, xt.dtype.itemsize)), dtype=xt.dtype)
     rows[-1, :] = 1.0  # the bias's row of ones
-    out = np.empty((F, OH, OW, N), dtype=x.dtype)
     for top in range(0, OH, R):
         r = min(R, OH - top)
         cols = rows[:, :r * OW * N]
         _unfold(cols[:-1, :], xt, KH, KW, stride, top, r, OW)
-        np.matmul(wb, cols, out=out[:, top:top + r].reshape(F, -1))
+        yield top, r, cols
+
+
+def _streamed(x, wb, KH, KW, stride, padding, OH, OW):
+    """[W b] @ im2col(x) -> (F, OH, OW, N), a block at a time (`_blocks`)."""
+    xt, wb = _live(_padded_cnhw(x, padding), wb, KH * KW)
+    out = np.empty((len(wb), OH, OW, x.shape[0]), dtype=x.dtype)
+    for top, r, cols in _blocks(xt, KH, KW, stride, OH, OW):
+        np.matmul(wb, cols, out=out[:, top:top + r].reshape(len(wb), -1))
     return out
+
+
+def _weight_grad(d2, x, KH, KW, stride, padding):
+    """[dW db] = d2 (F, OH*OW*N) @ im2col(x)^T, summed over the blocks (`_blocks`) of x."""
+    OW = output_size(x.shape[3], KW, stride, padding)
+    dwb, span = 0.0, OW * x.shape[0]
+    for top, r, cols in _blocks(_padded_cnhw(x, padding), KH, KW, stride, d2.shape[1] // span, OW):
+        dwb = dwb + product_nt(d2[:, top * span:(top + r) * span], cols)
+    return dwb
 
 
 def _live(xt, wb, offsets):
@@ -225,9 +243,8 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False)
     F, C, KH, KW = w_shape
     d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
     dw = db = dx = None
-    if param_grads:
-        cols = im2col(x, KH, KW, stride, padding, ones=True) if cols is None else cols
-        dwb = product_nt(d2, cols)
+    if param_grads:  # no columns kept: the forward ran in blocks
+        dwb = _weight_grad(d2, x, KH, KW, stride, padding) if cols is None else product_nt(d2, cols)
         dw, db = _unrows(dwb[:, :-1], w_shape), dwb[:, -1]
     if input_grad and not _in_blocks(W2.T, d2, d2.shape[1]):
         dx = col2im(product(W2.T, d2), x.shape, KH, KW, stride, padding)
@@ -258,40 +275,3 @@ def _folded(W2, d2, x, KH, KW, stride, padding, gated=False):
     if part is not dxt:
         dxt[live] = part
     return dxt[:, padding:padding + H, padding:padding + W].transpose(3, 0, 1, 2)
-
-
-def conv_transpose2d_forward(x, w, b, stride=1, padding=0):
-    """Transposed convolution: conv2d's input gradient, run as a forward pass (it upsamples).
-
-    x (N, C, H, W), w (C, F, KH, KW) (PyTorch's ConvTranspose2d layout), b (F,) ->
-    out (N, F, OH, OW), OH = (H - 1) stride - 2 padding + KH: the conv2d whose output x would be
-    carries each input value back onto its window. With W2 = w as (C, KH*KW*F) and X = x as
-    (C, H*W*N): out = col2im(W2^T @ X) + b, exactly conv2d_backward's dx. The loops:
-    nn/naive.py, conv_transpose2d_forward (and _backward).
-    """
-    xp = xp_of(x, w, b)
-    N, C, H, W = x.shape
-    _, F, KH, KW = w.shape
-    shape = (N, F, (H - 1) * stride - 2 * padding + KH, (W - 1) * stride - 2 * padding + KW)
-    X = xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (C, -1))
-    W2 = _rows(w)
-    out = col2im(W2.T @ X, shape, KH, KW, stride, padding)
-    return out + xp.reshape(b, (1, F, 1, 1)), (X, x.shape, W2, w.shape, stride, padding)
-
-
-def conv_transpose2d_backward(dout, cache, input_grad=True, param_grads=True):
-    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (C, F, KH, KW), db (F,): a convolution of
-    dout. With cols = im2col(dout) (KH*KW*F, H*W*N): dx = W2 @ cols, dw = X @ cols^T, db the
-    sum of dout over all but its channels."""
-    xp = xp_of(dout)
-    X, x_shape, W2, w_shape, stride, padding = cache
-    C, F, KH, KW = w_shape
-    N, _, H, W = x_shape
-    cols = im2col(dout, KH, KW, stride, padding)
-    dx = dw = db = None
-    if input_grad:
-        dx = xp.permute_dims(xp.reshape(product(W2, cols), (C, H, W, N)), (3, 0, 1, 2))
-    if param_grads:
-        dw = _unrows(X @ cols.T, w_shape)
-        db = xp.sum(dout, axis=(0, 2, 3))
-    return dx, dw, db

@@ -4,8 +4,8 @@ Each backward returns the gradient with respect to the op's input first, then th
 gradients. Nothing here holds state; `nn/layers.py` wraps these functions in classes. All ops
 take their array namespace from their arguments (`xp_of`), so they run on NumPy, CuPy and the
 strict Array API backend alike. Here: the convolutions' matrix products, channel concatenation,
-batch normalisation, dense and element-wise ops; the windowed ones (convolution, transposed
-convolution, max pooling) are in `nn/conv.py`. Shapes use N batch, C channels, H/W height/width.
+batch normalisation, dense and element-wise ops; the windowed ones are in `nn/conv.py`,
+`nn/conv_transpose.py` and `nn/pool.py`. Shapes use N batch, C channels, H/W height/width.
 """
 import numpy as np
 

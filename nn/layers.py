@@ -14,7 +14,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from . import conv, pool
+from . import conv, conv_transpose, pool
 from . import functional as F
 from .backend import device_of, xp_of
 
@@ -82,7 +82,7 @@ class Conv2d(Layer):
 
     def forward(self, x):
         out, cache = conv.conv2d_forward(x, self.params["W"], self.params["b"], self.stride,
-                                         self.padding, keep_cols=self.training)
+                                         self.padding)
         self._remember(cache)
         return out
 
@@ -106,13 +106,13 @@ class ConvTranspose2d(Layer):
                        "b": np.zeros(out_channels, dtype=np.float32)}
 
     def forward(self, x):
-        out, cache = conv.conv_transpose2d_forward(x, self.params["W"], self.params["b"],
+        out, cache = conv_transpose.conv_transpose2d_forward(x, self.params["W"], self.params["b"],
                                                 self.stride, self.padding)
         self._remember(cache)
         return out
 
     def backward(self, dout, input_grad=True, param_grads=True):
-        dx, dw, db = conv.conv_transpose2d_backward(dout, self._take_cache(), input_grad,
+        dx, dw, db = conv_transpose.conv_transpose2d_backward(dout, self._take_cache(), input_grad,
                                                  param_grads)
         return dx, ({"W": dw, "b": db} if param_grads else {})
 

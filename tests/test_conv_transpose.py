@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_like
-from nn import ConvTranspose2d, conv
+from nn import ConvTranspose2d, conv, conv_transpose
 from nn import functional as F
 from nn.gradcheck import as_float64, check_layer
 
@@ -32,7 +32,7 @@ def loops(x, w, b, stride, padding):
 def test_forward_is_the_scatter_loop_and_conv2ds_input_gradient(N, C, H, K, stride, padding):
     rng = np.random.default_rng(0)
     x, w, b = rng.normal(size=(N, C, H, H)), rng.normal(size=(C, 3, K, K)), rng.normal(size=3)
-    out, _ = conv.conv_transpose2d_forward(x, w, b, stride, padding)
+    out, _ = conv_transpose.conv_transpose2d_forward(x, w, b, stride, padding)
     np.testing.assert_allclose(out, loops(x, w, b, stride, padding), atol=1e-12)
     # a conv2d with weight w (F = C outputs) on an input of out's shape has dx = out - b
     _, cache = conv.conv2d_forward(np.zeros(out.shape), w, np.zeros(C), stride, padding)
@@ -63,13 +63,13 @@ def test_matches_pytorch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     x, w, b = rng.normal(size=(2, 4, 7, 7)), rng.normal(size=(4, 3, 4, 4)), rng.normal(size=3)
-    out, cache = conv.conv_transpose2d_forward(x, w, b, 2, 1)
+    out, cache = conv_transpose.conv_transpose2d_forward(x, w, b, 2, 1)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ot = torch.nn.functional.conv_transpose2d(xt, wt, bt, stride=2, padding=1)
     np.testing.assert_allclose(out, ot.detach().numpy(), atol=1e-10)
     dout = rng.normal(size=out.shape)
     ot.backward(torch.tensor(dout))
-    for ours, theirs in zip(conv.conv_transpose2d_backward(dout, cache), (xt, wt, bt)):
+    for ours, theirs in zip(conv_transpose.conv_transpose2d_backward(dout, cache), (xt, wt, bt)):
         np.testing.assert_allclose(ours, theirs.grad.numpy(), atol=1e-10)
 
 

@@ -30,10 +30,9 @@ from nn.conv import (
     col2im,
     conv2d_backward,
     conv2d_forward,
-    conv_transpose2d_backward,
-    conv_transpose2d_forward,
     im2col,
 )
+from nn.conv_transpose import conv_transpose2d_backward, conv_transpose2d_forward
 from nn.functional import (
     SMALL_K,
     batch_norm_backward,
@@ -567,9 +566,10 @@ def test_small_model_exhaustive_through_loss(train):
 
 @given(case=conv_cases(), seed=seeds, keep_cols=st.booleans())
 def test_conv2d_matches_loop_reference(case, seed, keep_cols):
-    """One output row per block (STREAM_BYTES 0) in the input gradient and, with keep_cols=False
-    (evaluation), in the forward, whose weight gradient then unfolds x again; some channels zero
-    in every image (dead units, which that forward leaves out), now and then all of them."""
+    """One output row per block (STREAM_BYTES 0) in the input gradient and, without keep_cols
+    (training and evaluation), in the forward, whose weight gradient then unfolds x again block
+    by block; some channels zero in every image (dead units, which that forward leaves out), now
+    and then all of them."""
     N, C, H, W, Fo, K, stride, padding = case
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((Fo, C, K, K)),
@@ -613,8 +613,8 @@ def test_conv2_in_row_blocks_gives_the_same_floats(N):
         x = np.transpose(x, (3, 0, 1, 2))
         w = rng.standard_normal((Fo, C, 5, 5), dtype=np.float32)
         b = rng.standard_normal(Fo, dtype=np.float32)
-        kept, cache = conv2d_forward(x, w, b)
-        streamed, lean = conv2d_forward(x, w, b, keep_cols=False)
+        kept, cache = conv2d_forward(x, w, b, keep_cols=True)
+        streamed, lean = conv2d_forward(x, w, b)
         wb = np.concatenate([_rows(w), b[:, None]], axis=1)
         width = (size - 4) * N * _block_rows(wb.shape[1], size - 4, N, 4, size - 4)
         exact = blas_column_blocks_exact(wb, im2col(x, 5, 5, 1, 0, ones=True), width)
@@ -626,6 +626,10 @@ def test_conv2_in_row_blocks_gives_the_same_floats(N):
         width = (size - 4) * N * _block_rows(25 * C, size - 4, N, 4, size - 4)
         exact = blas_column_blocks_exact(_rows(w).T, d2.reshape(Fo, -1), width)
         assert_floats_as_blas_allows(dx, whole, exact)
+        # the weight gradient summed over the blocks: the whole product's up to rounding
+        for blocks, one in zip(conv2d_backward(np.transpose(d2, (3, 0, 1, 2)), lean)[1:],
+                               conv2d_backward(np.transpose(d2, (3, 0, 1, 2)), cache)[1:]):
+            np.testing.assert_allclose(blocks, one, rtol=1e-5, atol=1e-5 * np.abs(one).max())
 
 
 @pytest.mark.parametrize("N", [32, 87])
@@ -648,7 +652,7 @@ def test_conv2_leaves_out_the_channels_zero_in_every_image(N):
     live = [c for c in range(32) if c not in dead]
     np.testing.assert_array_equal(out, conv2d_forward(x[:, live], w[:, live], b,
                                                       keep_cols=False)[0])
-    kept, cache = conv2d_forward(x, w, b)
+    kept, cache = conv2d_forward(x, w, b, keep_cols=True)
     np.testing.assert_allclose(out, kept, rtol=1e-5, atol=1e-4)
     d2 = rng.standard_normal(out.shape, dtype=np.float32)
     dx, _, _ = conv2d_backward(d2, lean, param_grads=False)
