@@ -1,4 +1,4 @@
-"""Windowed ops on images, fast: convolution (transposed: nn/conv_transpose.py; pooling: nn/pool.py).
+"""Windowed ops on images, fast: convolution (transposed: nn/conv_transpose.py, pooling: nn/pool.py).
 
 The same contract as `nn/functional.py`: `op_forward(...) -> (out, cache)`, `op_backward(dout,
 cache)` returning the input's gradient first, then the parameters'. Convolution is one matrix
@@ -243,7 +243,7 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False)
     F, C, KH, KW = w_shape
     d2 = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (F, -1))
     dw = db = dx = None
-    if param_grads:  # no columns kept: the forward ran in blocks
+    if param_grads:  # no columns kept (the forward ran in blocks): x unfolded again
         dwb = _weight_grad(d2, x, KH, KW, stride, padding) if cols is None else product_nt(d2, cols)
         dw, db = _unrows(dwb[:, :-1], w_shape), dwb[:, -1]
     if input_grad and not _in_blocks(W2.T, d2, d2.shape[1]):

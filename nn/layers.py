@@ -106,14 +106,14 @@ class ConvTranspose2d(Layer):
                        "b": np.zeros(out_channels, dtype=np.float32)}
 
     def forward(self, x):
-        out, cache = conv_transpose.conv_transpose2d_forward(x, self.params["W"], self.params["b"],
-                                                self.stride, self.padding)
+        out, cache = conv_transpose.conv_transpose2d_forward(
+            x, self.params["W"], self.params["b"], self.stride, self.padding)
         self._remember(cache)
         return out
 
     def backward(self, dout, input_grad=True, param_grads=True):
-        dx, dw, db = conv_transpose.conv_transpose2d_backward(dout, self._take_cache(), input_grad,
-                                                 param_grads)
+        dx, dw, db = conv_transpose.conv_transpose2d_backward(dout, self._take_cache(),
+                                                              input_grad, param_grads)
         return dx, ({"W": dw, "b": db} if param_grads else {})
 
 
