@@ -601,7 +601,12 @@ def test_im2col_gives_a_view_of_padded_rows():
     assert cols.shape == (801, 4096) and cols.strides == (4112 * 4, 4)
 
 
+# conv2's shape takes Winograd's path (tests/test_winograd.py): these hold im2col's to its floats
+IM2COL = patch("nn.conv.winograd.fits", lambda *args: False)
+
+
 @pytest.mark.parametrize("N", [1, 32, 87])
+@IM2COL
 def test_conv2_in_row_blocks_gives_the_same_floats(N):
     """conv2 of the exercise's CNN in float32, its input and output gradient batch-last as the
     layers around it leave them: the forward and dx in blocks of output rows (1 to 8 rows of 8,
@@ -633,6 +638,7 @@ def test_conv2_in_row_blocks_gives_the_same_floats(N):
 
 
 @pytest.mark.parametrize("N", [32, 87])
+@IM2COL
 def test_conv2_leaves_out_the_channels_zero_in_every_image(N):
     """conv2's evaluation forward without the input channels that are zero in every image (a
     ReLU's dead units: 12-17 of 32 in the PGD model at 100 images): the live channels' product,
@@ -660,6 +666,7 @@ def test_conv2_leaves_out_the_channels_zero_in_every_image(N):
 
 
 @pytest.mark.parametrize("N", [1, 32, 87])
+@IM2COL
 def test_conv2_after_a_relu_leaves_its_dead_channels_out_of_dx(N):
     """gated (a ReLU before): the channels of x zero in every image get dx exactly 0 without a
     product, the others the ungated floats bit for bit; a channel zero but in one place, or all

@@ -1,0 +1,173 @@
+"""Convolution by Winograd's minimal filtering F(2x2, r x r) (Lavin & Gray 2016): a stride-1
+convolution computed in 2x2 tiles of its output, with (r+1)^2 products per tile and channel pair
+where im2col does 4 r^2 (36 against 100 for conv2's 5x5 kernel), so that its matrix products,
+forward and both backward, do 2.8 times less work.
+
+In one dimension, two outputs y_u = sum_k g_k d_{u+k} (u = 0, 1) of a filter g (r,) on a = r+1
+inputs d come out of a products: y = A^T [(G g) * (B^T d)], where G (a, r) evaluates g as a
+polynomial at a points (0, 1, -1, 2, ... and infinity), A^T (2, a) does the same for the output's
+degree, and B^T (a, a) is the inverse transpose of the points' Vandermonde matrix: the Toom-Cook
+product of two polynomials, read backwards (`matrices`). In two dimensions, for a 2x2 output tile
+from an a x a input tile, Y = A^T [(G g G^T) * (B^T d B)] A, and the sum over input channels moves
+inside the brackets: one (F, C) @ (C, tiles) product per transformed position, a^2 of them.
+
+Backward, each step transposed: dM = A dY A^T per tile; dU = dM V^T and dV = U^T dM (the a^2
+products); dw = G^T dU G; dx = B dV B^T per tile, the overlapping tiles (stride 2, width a)
+added up. The tests hold all three to im2col's convolution (nn/conv.py) and to the loops
+(nn/naive.py). Layout as nn/conv.py: channels first, batch last (C, H, W, N).
+"""
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from .backend import device_of, is_numpy, xp_of
+
+POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)  # the finite interpolation points; infinity is the last
+
+
+@lru_cache(maxsize=None)
+def matrices(r):
+    """(A^T (2, a), B^T (a, a), G G = kron(G, G) (a*a, r*r)) in float64 for F(2, r), a = r + 1 <= 6,
+    G (a, r); GG[(q, p), (l, k)] = G[q, l] G[p, k] makes G g G^T one product (`_filters`)."""
+    a = r + 1
+    if not 2 <= r <= len(POINTS):
+        raise ValueError(f"F(2, {r}) needs {a} points, this module has {len(POINTS) + 1}")
+    p = np.array(POINTS[:a - 1])
+    V = np.zeros((a, a))                       # row j: the monomials 1, p_j, p_j^2, ... at p_j
+    V[:-1] = p[:, None] ** np.arange(a)
+    V[-1, -1] = 1.0                            # at infinity: the leading coefficient
+    G = np.zeros((a, r))
+    G[:-1] = p[:, None] ** np.arange(r)
+    G[-1, -1] = 1.0
+    AT = np.zeros((2, a))
+    AT[:, :-1] = (p[:, None] ** np.arange(2)).T
+    AT[-1, -1] = 1.0
+    return AT, np.linalg.inv(V).T, np.kron(G, G)
+
+
+def fits(x, w, stride):
+    """Whether conv2d_forward takes this path: stride 1, a square 3x3 to 5x5 kernel, and at least
+    8 input and 8 output channels (fewer leave the a^2 products too thin to gain)."""
+    F, C, KH, KW = w.shape
+    return stride == 1 and KH == KW and 3 <= KH <= len(POINTS) and C >= 8 and F >= 8
+
+
+class Cache(NamedTuple):
+    x_shape: tuple
+    padding: int
+    V: object          # (a*a, C', T): the transformed input tiles of the C' live channels
+    U: object          # (a*a, F, C'): the transformed filters of those channels
+    w: object          # (F, C, r, r): all the filters, for an ungated dx
+    live: object       # the live channels' indices (NumPy), or None: all of them
+
+
+def _const(m, like):
+    xp = xp_of(like)
+    return xp.asarray(m, dtype=like.dtype, device=device_of(like))
+
+
+def _along_first(m, t):
+    """m (P, Q) applied to t's first axis (Q, ...) -> (P, ...), one matrix product."""
+    xp = xp_of(t)
+    return xp.reshape(m @ xp.reshape(t, (t.shape[0], -1)), (m.shape[0], *t.shape[1:]))
+
+
+def _filters(w):
+    """G g G^T of every filter of w (F, C, r, r) -> U (a*a, F, C), positions (q, p) as V's."""
+    xp = xp_of(w)
+    F, C, r, _ = w.shape
+    GG = _const(matrices(r)[2], w)
+    return xp.reshape(GG @ xp.reshape(xp.permute_dims(w, (3, 2, 0, 1)), (r * r, -1)),
+                      ((r + 1) ** 2, F, C))
+
+
+def _tiles_cnhw(x, padding, r):
+    """x (N, C, H, W) as (C, 2TH + r - 1, 2TW + r - 1, N), zero-padded by `padding` and at the
+    bottom and right up to whole 2x2 output tiles; and (TH, TW, OH, OW)."""
+    xp = xp_of(x)
+    N, C, H, W = x.shape
+    OH, OW = H + 2 * padding - r + 1, W + 2 * padding - r + 1
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    xt = xp.zeros((C, 2 * TH + r - 1, 2 * TW + r - 1, N), dtype=x.dtype, device=device_of(x))
+    xt[:, padding:padding + H, padding:padding + W, :] = xp.permute_dims(x, (1, 2, 3, 0))
+    return xt, (TH, TW, OH, OW)
+
+
+def _live(xt):
+    """Indices of the channels of xt (C, ...) not zero in every image (NumPy), None if all are:
+    the others (a ReLU's dead units) add only zeros to each sum and leave the products."""
+    if not is_numpy(xt):
+        return None
+    live = np.flatnonzero(np.any(xt.reshape(len(xt), -1), axis=1))
+    return None if live.size == len(xt) else live
+
+
+def conv2d_forward(x, w, b, padding=0):
+    """x (N, C, H, W), w (F, C, r, r), b (F,) -> out (N, F, OH, OW), stride 1, and the cache."""
+    xp = xp_of(x, w, b)
+    F, C, r, _ = w.shape
+    a, N = r + 1, x.shape[0]
+    AT, BT, _ = (_const(m, x) for m in matrices(r))
+    xt, (TH, TW, OH, OW) = _tiles_cnhw(x, padding, r)
+    live = _live(xt)
+    if live is not None:
+        xt = xt[live]
+    # B^T d B: rows first (input rows 2 ty + i of every tile row ty, i < a), then columns
+    rows = xp.stack([xt[:, i:i + 2 * TH - 1:2, ...] for i in range(a)])    # (i, C', TH, W', N)
+    t1 = _along_first(BT, rows)                                              # (p, C', TH, W', N)
+    cols = xp.stack([t1[..., j:j + 2 * TW - 1:2, :] for j in range(a)])     # (j, p, C', TH, TW, N)
+    V = xp.reshape(_along_first(BT, cols), (a * a, xt.shape[0], TH * TW * N))  # (q p, C', T)
+    U = _filters(w if live is None else w[:, live])
+    M = xp.reshape(U @ V, (a, a, F, TH, TW, N))                              # (q, p, F, ...)
+    Y = AT @ xp.reshape(_along_first(AT, M), (2, a, -1))                     # (v, u, F*TH*TW*N)
+    Y = xp.permute_dims(xp.reshape(Y, (2, 2, F, TH, TW, N)), (2, 3, 1, 4, 0, 5))
+    out = xp.reshape(Y, (F, 2 * TH, 2 * TW, N))[:, :OH, :OW, :] + xp.reshape(b, (F, 1, 1, 1))
+    return xp.permute_dims(out, (3, 0, 1, 2)), Cache(x.shape, padding, V, U, w, live)
+
+
+def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, r, r) or None, db (F,) or None.
+    gated: a ReLU comes before, so dx may stay 0 in the channels zero in every image."""
+    xp = xp_of(dout)
+    (N, C, H, W), padding, V, U, w, live = cache
+    F, r = w.shape[0], w.shape[2]
+    a = r + 1
+    AT, BT, GG = (_const(m, dout) for m in matrices(r))
+    OH, OW = dout.shape[2:]
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    dyt = xp.zeros((F, 2 * TH, 2 * TW, N), dtype=dout.dtype, device=device_of(dout))
+    dyt[:, :OH, :OW, :] = xp.permute_dims(dout, (1, 2, 3, 0))
+    dY = xp.permute_dims(xp.reshape(dyt, (F, TH, 2, TW, 2, N)), (4, 2, 0, 1, 3, 5))  # (v, u, ...)
+    dM = AT.T @ xp.reshape(dY, (2, 2, -1))                                   # (v, p, ...)
+    dM = xp.reshape(_along_first(AT.T, dM), (a * a, F, TH * TW * N))         # (q p, F, T)
+    dx = dw = db = None
+    if param_grads:
+        dU = dM @ xp.permute_dims(V, (0, 2, 1))                              # (q p, F, C')
+        dg = xp.permute_dims(xp.reshape(_along_first(GG.T, dU), (r, r, F, -1)), (2, 3, 1, 0))
+        dw = dg if live is None else _scattered(dg, live, C, 1)               # (F, C, r, r)
+        db = xp.sum(dyt, axis=(1, 2, 3))
+    if input_grad:
+        gate = gated and live is not None
+        Ux = U if gate or live is None else _filters(w)
+        dV = xp.reshape(xp.permute_dims(Ux, (0, 2, 1)) @ dM, (a, a, -1, TH, TW, N))
+        dcols = _along_first(BT.T, dV)                                       # (j, p, C', TH, TW, N)
+        t1 = xp.zeros((a, dV.shape[2], TH, 2 * TW + r - 1, N), dtype=dout.dtype,
+                      device=device_of(dout))
+        for j in range(a):
+            t1[..., j:j + 2 * TW - 1:2, :] += dcols[j, ...]
+        drows = _along_first(BT.T, t1)                                       # (i, C', TH, W', N)
+        dxt = xp.zeros((dV.shape[2], 2 * TH + r - 1, 2 * TW + r - 1, N), dtype=dout.dtype,
+                       device=device_of(dout))
+        for i in range(a):
+            dxt[:, i:i + 2 * TH - 1:2, ...] += drows[i, ...]
+        dxt = dxt[:, padding:padding + H, padding:padding + W, :]
+        dx = xp.permute_dims(_scattered(dxt, live, C) if gate else dxt, (3, 0, 1, 2))
+    return dx, dw, db
+
+
+def _scattered(part, live, C, axis=0):
+    """part, C' channels on `axis`, placed at the channels `live` of zeros with C (NumPy)."""
+    out = np.zeros((*part.shape[:axis], C, *part.shape[axis + 1:]), dtype=part.dtype)
+    out[(slice(None),) * axis + (live,)] = part
+    return out
