@@ -47,10 +47,13 @@ def matrices(r):
 
 
 def fits(x, w, stride):
-    """Whether conv2d_forward takes this path: stride 1, a square 3x3 to 5x5 kernel, and at least
-    8 input and 8 output channels (fewer leave the a^2 products too thin to gain)."""
+    """Whether conv2d_forward takes this path: NumPy, stride 1, a square 3x3 to 5x5 kernel, and
+    at least 8 input and 8 output channels (fewer leave the a^2 products too thin to gain). On
+    CuPy (an H200) conv2's forward and backward took 2.0 ms this way against im2col's 1.1 at
+    64 images, 2.7 against 1.9 at 1,000: many small kernels, where the GPU has flops to spare."""
     F, C, KH, KW = w.shape
-    return stride == 1 and KH == KW and 3 <= KH <= len(POINTS) and C >= 8 and F >= 8
+    return (is_numpy(x) and stride == 1 and KH == KW and 3 <= KH <= len(POINTS) and C >= 8
+            and F >= 8)
 
 
 class Cache(NamedTuple):

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nn import naive, winograd
+from nn.backend import to_numpy
 from nn.conv import conv2d_backward, conv2d_forward
 
 
@@ -110,6 +111,27 @@ def test_dead_channels_leave_the_products():
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", [None, "no_float64"])
+def test_the_same_code_runs_on_the_strict_array_api(device):
+    """conv2d_forward and conv2d_backward of this module called directly (conv2d_forward takes it on
+    NumPy only): strict arrays in, strict float32 arrays out, NumPy's values
+    up to rounding (NumPy's leave out the dead channel)."""
+    xs = pytest.importorskip("array_api_strict")
+    dev = xs.Device(device) if device else None
+    rng = np.random.default_rng(9)
+    x = np.maximum(rng.standard_normal((3, 8, 7, 9), dtype=np.float32), 0)
+    x[:, 2] = 0.0
+    w, b = rng.standard_normal((8, 8, 3, 3), dtype=np.float32), np.ones(8, np.float32)
+    dout = rng.standard_normal((3, 8, 7, 9), dtype=np.float32)
+    ref = winograd.conv2d_forward(x, w, b, padding=1)
+    ref = (ref[0], *winograd.conv2d_backward(dout, ref[1]))
+    args = [xs.asarray(a, device=dev) for a in (x, w, b, dout)]
+    out, cache = winograd.conv2d_forward(*args[:3], padding=1)
+    for got, want in zip((out, *winograd.conv2d_backward(args[3], cache)), ref):
+        assert type(got) is type(args[0]) and got.dtype == xs.float32 and got.device == args[0].device
+        np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
 def test_only_wide_stride_1_convolutions_with_3_to_5_square_kernels_take_it():
     x = np.zeros((2, 32, 12, 12), np.float32)
     assert winograd.fits(x, np.zeros((64, 32, 5, 5)), 1)
@@ -120,5 +142,7 @@ def test_only_wide_stride_1_convolutions_with_3_to_5_square_kernels_take_it():
     assert not winograd.fits(x, np.zeros((64, 32, 7, 7)), 1)
     assert not winograd.fits(x, np.zeros((64, 32, 2, 2)), 1)
     assert not winograd.fits(x, np.zeros((64, 32, 3, 5)), 1)
+    xs = pytest.importorskip("array_api_strict")
+    assert not winograd.fits(xs.asarray(x), np.zeros((64, 32, 5, 5)), 1)   # CuPy, strict: im2col
     with pytest.raises(ValueError, match="needs 7 points"):
         winograd.matrices(6)
