@@ -1,5 +1,7 @@
 """Winograd's F(2x2, r x r) convolution (nn/winograd.py) against the loops (nn/naive.py) in
 float64 and against im2col's product (nn/conv.py, keep_cols=True) in float32."""
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,14 +15,14 @@ from nn.conv import conv2d_backward, conv2d_forward
 @pytest.mark.parametrize("r", [2, 3, 4, 5])
 def test_a_2x2_tile_comes_from_r_plus_1_squared_products(r):
     """Y[u, v] = sum_kl g[k, l] d[u + k, v + l] = (A^T [(G g G^T) * (B^T d B)] A)[u, v] for
-    any g (r, r) and d (r + 1, r + 1): the Toom-Cook matrices and their (q, p) order."""
+    any g (r, r) and d (r + 1, r + 1): the Toom-Cook matrices and kron(G, G)'s order."""
     AT, BT, GG = winograd.matrices(r)
     rng = np.random.default_rng(r)
     for _ in range(5):
         g, d = rng.standard_normal((r, r)), rng.standard_normal((r + 1, r + 1))
         direct = [[np.sum(g * d[u:u + r, v:v + r]) for v in range(2)] for u in range(2)]
-        U = (GG @ g.T.reshape(-1)).reshape(r + 1, r + 1)      # (q, p)
-        np.testing.assert_allclose(AT @ (U.T * (BT @ d @ BT.T)) @ AT.T, direct, rtol=1e-12,
+        U = (GG @ g.reshape(-1)).reshape(r + 1, r + 1)        # G g G^T
+        np.testing.assert_allclose(AT @ (U * (BT @ d @ BT.T)) @ AT.T, direct, rtol=1e-12,
                                    atol=1e-12)
 
 
@@ -33,22 +35,23 @@ def cases(draw):
     return draw(st.integers(1, 3)), draw(st.integers(8, 10)), H, W, draw(st.integers(8, 9)), r, padding
 
 
-@given(case=cases(), seed=st.integers(0, 2**16), gated=st.booleans())
-def test_winograd_matches_the_loops(case, seed, gated):
+@given(case=cases(), seed=st.integers(0, 2**16), gated=st.booleans(), one_row=st.booleans())
+def test_winograd_matches_the_loops(case, seed, gated, one_row):
     """Forward, dx, dw and db in float64, some input channels zero in every image (left out of
-    the products); gated: those channels' dx is 0 (a ReLU before would drop it anyway)."""
+    the products); gated: those channels' dx is 0 (a ReLU before would drop it anyway);
+    one_row: a block of tiles per tile row."""
     N, C, H, W, F, r, padding = case
     rng = np.random.default_rng(seed)
     x, w, b = (rng.standard_normal((N, C, H, W)), rng.standard_normal((F, C, r, r)),
                rng.standard_normal(F))
     dead = rng.random(C) < 0.3
     x[:, dead] = 0.0
-    out, cache = conv2d_forward(x, w, b, 1, padding)
-    assert isinstance(cache, winograd.Cache)
+    with patch("nn.winograd.BLOCK_COLUMNS", 1 if one_row else winograd.BLOCK_COLUMNS):
+        out, cache = conv2d_forward(x, w, b, 1, padding)
+        dx, dw, db = conv2d_backward(dout := rng.standard_normal(out.shape), cache, gated=gated)
+    assert isinstance(cache, winograd.Cache) and (len(cache.V) > 1) == (one_row and out.shape[2] > 2)
     np.testing.assert_allclose(out, naive.conv2d_forward(x, w, b, 1, padding), rtol=1e-9,
                                atol=1e-10)
-    dout = rng.standard_normal(out.shape)
-    dx, dw, db = conv2d_backward(dout, cache, gated=gated)
     ref_dx, ref_dw, ref_db = naive.conv2d_backward(dout, x, w, 1, padding)
     if gated:
         ref_dx[:, dead] = 0.0
@@ -98,7 +101,7 @@ def test_dead_channels_leave_the_products():
     x[3, 9, 3, 4] = 0.5
     w, b = rng.standard_normal((64, 32, 5, 5)), rng.standard_normal(64)
     out, cache = conv2d_forward(x, w, b)
-    assert cache.V.shape[1] == cache.U.shape[2] == 27
+    assert cache.V[0].shape[1] == cache.U.shape[2] == 27
     live = np.any(x, axis=(0, 2, 3))
     np.testing.assert_allclose(out, conv2d_forward(x[:, live], w[:, live], b)[0], rtol=1e-12)
     dout = rng.standard_normal(out.shape)
@@ -126,8 +129,11 @@ def test_the_same_code_runs_on_the_strict_array_api(device):
     ref = winograd.conv2d_forward(x, w, b, padding=1)
     ref = (ref[0], *winograd.conv2d_backward(dout, ref[1]))
     args = [xs.asarray(a, device=dev) for a in (x, w, b, dout)]
-    out, cache = winograd.conv2d_forward(*args[:3], padding=1)
-    for got, want in zip((out, *winograd.conv2d_backward(args[3], cache)), ref):
+    with patch("nn.winograd.BLOCK_COLUMNS", 1):   # four blocks of tiles, written through views
+        out, cache = winograd.conv2d_forward(*args[:3], padding=1)
+        grads = winograd.conv2d_backward(args[3], cache)
+    assert len(cache.blocks) == 4
+    for got, want in zip((out, *grads), ref):
         assert type(got) is type(args[0]) and got.dtype == xs.float32 and got.device == args[0].device
         np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
 
