@@ -127,7 +127,7 @@ def _transformed(xt, BT, n, TW):
     cols = xp.stack([xt[..., j:j + 2 * TW - 1:2, :] for j in range(a)])     # (j, C, H', TW, N)
     t1 = _along_first(BT, cols)                                              # (q, C, H', TW, N)
     rows = xp.stack([t1[:, :, i:i + 2 * n - 1:2, ...] for i in range(a)])   # (i, q, C, n, TW, N)
-    return xp.reshape(_along_first(BT, rows), (a * a, xt.shape[0], -1))
+    return xp.reshape(_along_first(BT, rows), (a * a, xt.shape[0], n * TW * xt.shape[-1]))
 
 
 def conv2d_forward(x, w, b, padding=0):
@@ -181,7 +181,8 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False)
                          dxt[:, 2 * top:2 * (top + n) + r - 1, ...], n, TW)
     dx = dw = db = None
     if param_grads:
-        dg = xp.permute_dims(xp.reshape(_along_first(GG.T, dU), (r, r, F, -1)), (2, 3, 0, 1))
+        dg = xp.reshape(_along_first(GG.T, dU), (r, r, F, U.shape[2]))
+        dg = xp.permute_dims(dg, (2, 3, 0, 1))
         dw = dg if live is None else _scattered(dg, live, C, 1)               # (F, C, r, r)
         db = xp.sum(dyt, axis=(1, 2, 3))
     if input_grad:

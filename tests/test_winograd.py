@@ -138,6 +138,20 @@ def test_the_same_code_runs_on_the_strict_array_api(device):
         np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+def test_an_input_zero_everywhere_leaves_the_bias():
+    """Every channel dead (an interval's radius of 0, say): the bias out, dw 0, and dx the
+    filters' unless gated."""
+    rng = np.random.default_rng(6)
+    x, w, b = np.zeros((2, 8, 6, 6)), rng.standard_normal((8, 8, 3, 3)), rng.standard_normal(8)
+    out, cache = conv2d_forward(x, w, b)
+    np.testing.assert_array_equal(out, np.broadcast_to(b[:, None, None], out.shape))
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = conv2d_backward(dout, cache)
+    assert not dw.any() and not conv2d_backward(dout, cache, gated=True)[0].any()
+    np.testing.assert_allclose(dx, naive.conv2d_backward(dout, x, w)[0], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(db, dout.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
 def test_only_wide_stride_1_convolutions_with_3_to_5_square_kernels_take_it():
     x = np.zeros((2, 32, 12, 12), np.float32)
     assert winograd.fits(x, np.zeros((64, 32, 5, 5)), 1)
