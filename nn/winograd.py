@@ -5,7 +5,7 @@ forward and both backward, do 2.8 times less work.
 
 In one dimension, two outputs y_u = sum_k g_k d_{u+k} (u = 0, 1) of a filter g (r,) on a = r+1
 inputs d come out of a products: y = A^T [(G g) * (B^T d)], where G (a, r) evaluates g as a
-polynomial at a points (0, 1, -1, 2, ... and infinity), A^T (2, a) does the same for the output's
+polynomial at a points (POINTS, then infinity), A^T (2, a) does the same for the output's
 degree, and B^T (a, a) is the inverse transpose of the points' Vandermonde matrix: the Toom-Cook
 product of two polynomials, read backwards (`matrices`). In two dimensions, for a 2x2 output tile
 from an a x a input tile, Y = A^T [(G g G^T) * (B^T d B)] A, and the sum over input channels moves
@@ -23,13 +23,17 @@ import numpy as np
 
 from .backend import device_of, is_numpy, xp_of
 
-POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)  # the finite interpolation points; infinity is the last
+# The finite interpolation points, infinity the last. The transforms' rounding grows with them:
+# conv2 in float32 is off its float64 self by 1.2e-6 of the largest output (dw 5e-6) with these,
+# 2.3e-6 (7.5e-6) with 0, +-1, +-2; im2col's product by about 2e-7 (7e-7).
+POINTS = (0.0, 1.0, -1.0, 0.5, -2.0)
 
 
 @lru_cache(maxsize=None)
 def matrices(r):
-    """(A^T (2, a), B^T (a, a), G G = kron(G, G) (a*a, r*r)) in float64 for F(2, r), a = r + 1 <= 6,
-    G (a, r); GG[(p, q), (k, l)] = G[p, k] G[q, l] makes G g G^T one product (`_filters`)."""
+    """(AA = kron(A^T, A^T) (4, a*a), B^T (a, a), GG = kron(G, G) (a*a, r*r)) in float64 for
+    F(2, r), a = r + 1 <= 6, G (a, r): GG[(p, q), (k, l)] = G[p, k] G[q, l] makes G g G^T one
+    product (`_filters`), and AA[(u, v), (p, q)] = A^T[u, p] A^T[v, q] likewise A^T M A."""
     a = r + 1
     if not 2 <= r <= len(POINTS):
         raise ValueError(f"F(2, {r}) needs {a} points, this module has {len(POINTS) + 1}")
@@ -43,7 +47,7 @@ def matrices(r):
     AT = np.zeros((2, a))
     AT[:, :-1] = (p[:, None] ** np.arange(2)).T
     AT[-1, -1] = 1.0
-    return AT, np.linalg.inv(V).T, np.kron(G, G)
+    return np.kron(AT, AT), np.linalg.inv(V).T, np.kron(G, G)
 
 
 def fits(x, w, stride):
@@ -109,8 +113,9 @@ def _live(xt):
 
 # The tiles go through in blocks of tile rows, about BLOCK_COLUMNS tiles times images each: the
 # a^2 products stay as fast (113 GFLOP/s at 128 to 800 columns on one AMD EPYC core, 99 at 1,600)
-# and their largest operand, M, stays in cache for the output's transform.
-BLOCK_COLUMNS = 512
+# and their largest operand, M, stays in cache for the output's transform. 256 rather than 512:
+# the two processes of a training step (nn/parallel.py) then crowd their shared L3 cache less.
+BLOCK_COLUMNS = 256
 
 
 def _blocks(TH, TW, N):
@@ -134,8 +139,8 @@ def conv2d_forward(x, w, b, padding=0):
     """x (N, C, H, W), w (F, C, r, r), b (F,) -> out (N, F, OH, OW), stride 1, and the cache."""
     xp = xp_of(x, w, b)
     F, C, r, _ = w.shape
-    a, N = r + 1, x.shape[0]
-    AT, BT, _ = (_const(m, x) for m in matrices(r))
+    N = x.shape[0]
+    AA, BT, _ = (_const(m, x) for m in matrices(r))
     xt, (TH, TW, OH, OW) = _tiles_cnhw(x, padding, r)
     live = _live(xt)
     if live is not None:
@@ -145,10 +150,10 @@ def conv2d_forward(x, w, b, padding=0):
     V, blocks = [], _blocks(TH, TW, N)
     for top, n in blocks:
         V.append(_transformed(xt[:, 2 * top:2 * (top + n) + r - 1, ...], BT, n, TW))
-        M = xp.reshape(U @ V[-1], (a, a, -1))                                # (p, q, F*n*TW*N)
-        Yb = xp.reshape(AT @ _along_first(AT, M), (2, 2, F, n, TW, N))       # (u, v, F, ...)
+        Yb = xp.reshape(_along_first(AA, U @ V[-1]), (2, 2, F, n, TW, N))    # (u, v, F, ...)
         Y[:, top:top + n, ...] = xp.permute_dims(Yb, (2, 3, 0, 4, 1, 5))
-    out = xp.reshape(Y, (F, 2 * TH, 2 * TW, N))[:, :OH, :OW, :] + xp.reshape(b, (F, 1, 1, 1))
+    Y += xp.reshape(b, (F, 1, 1, 1, 1, 1))
+    out = xp.reshape(Y, (F, 2 * TH, 2 * TW, N))[:, :OH, :OW, :]
     return xp.permute_dims(out, (3, 0, 1, 2)), Cache(x.shape, padding, V, blocks, U, w, live)
 
 
@@ -158,8 +163,7 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False)
     xp = xp_of(dout)
     (N, C, H, W), padding, V, blocks, U, w, live = cache
     F, r = w.shape[0], w.shape[2]
-    a = r + 1
-    AT, BT, GG = (_const(m, dout) for m in matrices(r))
+    AA, BT, GG = (_const(m, dout) for m in matrices(r))
     OH, OW = dout.shape[2:]
     TH, TW = -(-OH // 2), -(-OW // 2)
     dyt = xp.zeros((F, 2 * TH, 2 * TW, N), dtype=dout.dtype, device=device_of(dout))
@@ -172,8 +176,7 @@ def conv2d_backward(dout, cache, input_grad=True, param_grads=True, gated=False)
     for (top, n), Vb in zip(blocks, V):
         dY = xp.reshape(dyt[:, 2 * top:2 * (top + n), ...], (F, n, 2, TW, 2, N))
         dY = xp.permute_dims(dY, (2, 4, 0, 1, 3, 5))                         # (u, v, F, ...)
-        dM = AT.T @ xp.reshape(dY, (2, 2, -1))                               # (u, q, ...)
-        dM = xp.reshape(_along_first(AT.T, dM), (a * a, F, -1))              # (p q, F, n*TW*N)
+        dM = _along_first(AA.T, xp.reshape(dY, (4, F, -1)))                  # (p q, F, n*TW*N)
         if param_grads:
             dU = dU + dM @ xp.permute_dims(Vb, (0, 2, 1))                    # (p q, F, C')
         if input_grad:

@@ -15,14 +15,15 @@ from nn.conv import conv2d_backward, conv2d_forward
 @pytest.mark.parametrize("r", [2, 3, 4, 5])
 def test_a_2x2_tile_comes_from_r_plus_1_squared_products(r):
     """Y[u, v] = sum_kl g[k, l] d[u + k, v + l] = (A^T [(G g G^T) * (B^T d B)] A)[u, v] for
-    any g (r, r) and d (r + 1, r + 1): the Toom-Cook matrices and kron(G, G)'s order."""
-    AT, BT, GG = winograd.matrices(r)
+    any g (r, r) and d (r + 1, r + 1): the Toom-Cook matrices and the Kronecker products' order."""
+    AA, BT, GG = winograd.matrices(r)
     rng = np.random.default_rng(r)
     for _ in range(5):
         g, d = rng.standard_normal((r, r)), rng.standard_normal((r + 1, r + 1))
         direct = [[np.sum(g * d[u:u + r, v:v + r]) for v in range(2)] for u in range(2)]
         U = (GG @ g.reshape(-1)).reshape(r + 1, r + 1)        # G g G^T
-        np.testing.assert_allclose(AT @ (U * (BT @ d @ BT.T)) @ AT.T, direct, rtol=1e-12,
+        M = U * (BT @ d @ BT.T)                               # (p, q)
+        np.testing.assert_allclose((AA @ M.reshape(-1)).reshape(2, 2), direct, rtol=1e-12,
                                    atol=1e-12)
 
 
