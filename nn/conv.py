@@ -5,8 +5,8 @@ cache)` returning the input's gradient first, then the parameters'. Convolution 
 product over an im2col unfolding, built from strided slices over the kernel offsets (KH*KW
 Python iterations whatever the batch size), or for conv2's shapes Winograd's minimal filtering
 (nn/winograd.py); nn/naive.py keeps the loops window by window, and the tests hold them all to
-the same numbers. Shapes use N batch, C channels, H/W height/width,
-F filters, KH/KW kernel size, OH/OW output size.
+the same numbers. Shapes use N batch, C channels, H/W height/width, F filters, KH/KW kernel
+size, OH/OW output size.
 """
 import numpy as np
 

@@ -237,19 +237,17 @@ def test_train_step_on_no_float64_device():
     results = []
     # NumPy's reference by im2col, as strict arrays run (Winograd's tiles are NumPy's alone):
     # conv1's bias before BatchNorm gets a gradient of pure rounding, which Adam makes +-lr
-    im2col = patch("nn.conv.winograd.fits", lambda *args: False)
-    for m, xb, tb in [(ref, x, targets),
-                      (model, xps.asarray(x, device=dev), xps.asarray(targets, device=dev))]:
-        im2col.start()
-        logits = m.forward(xb)
-        loss, dlogits = losses.softmax_cross_entropy(logits, tb)
-        dx, grads = m.backward(dlogits)
-        SGD(lr=0.05).step(m.params, grads)
-        Adam(lr=1e-3).step(m.params, grads)
-        m.eval()
-        results.append((logits, loss, dlogits, dx, grads, m.params, m.buffers, m.forward(xb)))
-        im2col.stop()
-        m.train()
+    with patch("nn.conv.winograd.fits", lambda *args: False):
+        for m, xb, tb in [(ref, x, targets),
+                          (model, xps.asarray(x, device=dev), xps.asarray(targets, device=dev))]:
+            logits = m.forward(xb)
+            loss, dlogits = losses.softmax_cross_entropy(logits, tb)
+            dx, grads = m.backward(dlogits)
+            SGD(lr=0.05).step(m.params, grads)
+            Adam(lr=1e-3).step(m.params, grads)
+            m.eval()
+            results.append((logits, loss, dlogits, dx, grads, m.params, m.buffers, m.forward(xb)))
+            m.train()
 
     (logits_r, loss_r, dlogits_r, dx_r, grads_r, params_r, buffers_r, eval_r) = results[0]
     (logits, loss, dlogits, dx, grads, params, buffers, eval_logits) = results[1]

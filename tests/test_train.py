@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -25,6 +26,7 @@ from data.mnist import EMBEDDED_DIR, load_mnist
 from nn import reference_cnn
 from nn.checkpoint import CheckpointError, load_checkpoint, section
 from training import classifier
+from training.loop import interrupts_deferred, run_epochs
 from training.plots import run_label, run_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +196,32 @@ def test_resume_rewrites_metrics_left_behind_by_a_kill(cli, base_copy):
     code, out, err = cli(*SMALL, "--epochs", 2, "--out", base_copy, "--resume")
     assert code == 0 and "already has 2 epochs" in out, err
     assert (base_copy / "metrics.csv").read_text() == full
+
+
+def test_a_kill_while_an_epoch_is_saved_waits_for_both_files(tmp_path):
+    """SIGINT between the checkpoint and metrics.csv (how grid.py's stop reached a run once):
+    both are written, then the KeyboardInterrupt comes; SIGTERM likewise, to its handler."""
+    def finish(history):
+        (tmp_path / "checkpoint").write_text(str(len(history)))
+        os.kill(os.getpid(), signal.SIGINT)
+        (tmp_path / "metrics.csv").write_text(str(len(history)))
+
+    def row(epoch):
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_epochs([], 3, row, row, finish)
+    assert [(tmp_path / f).read_text() for f in ("checkpoint", "metrics.csv")] == ["1", "1"]
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert not caught
+        assert caught == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_settings_are_replaced_not_rewritten_in_place(cli, base_copy):

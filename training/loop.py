@@ -5,8 +5,10 @@ attacks/adversarial_training.py, or the classifier that scores the GAN); `run_ep
 training and the evaluation of each epoch and hands the growing history to the caller to save.
 """
 import math
+import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 from tqdm import tqdm
@@ -76,5 +78,25 @@ def run_epochs(history, epochs, train, evaluate, finish):
         evaluated = evaluate(epoch)
         history.append({"epoch": epoch, **trained, **evaluated, "train_seconds": t1 - t0,
                         "eval_seconds": time.perf_counter() - t1})
-        finish(history)
+        with interrupts_deferred():  # the checkpoint and metrics.csv, both or neither
+            finish(history)
     return history
+
+
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) and kill (SIGTERM) held while the body runs, then delivered as they would
+    have been; in the main thread only (elsewhere Python runs no signal handler: nothing held)."""
+    held = []
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in held[:1]:
+            signal.raise_signal(signum)
