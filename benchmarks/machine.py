@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks.ours import Ours, make_data, seconds
 from benchmarks.torch_reference import Torch, torch_or_none
-from nn import EVAL_BATCH, reference_cnn
+from nn import EVAL_BATCH, reference_cnn, winograd
 from nn.layers import Conv2d, Dense
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,9 @@ def matmul_gflops(n, reps, torch=None):
 # --- FLOPs -----------------------------------------------------------------------------------
 
 def matmul_flops(model, x):
-    """Per Conv2d / Dense layer: matrix-product FLOPs of forward, dW and dX for input x."""
+    """Per Conv2d / Dense layer: matrix-product FLOPs of forward, dW and dX for input x, each
+    as a direct convolution counts them ("fwd", "dW", "dX") and as our products run them
+    ("executed": Winograd's (r+1)^2 per 2x2 tile where nn/winograd.py takes the layer)."""
     rows = []
     h = x
     for i, layer in enumerate(model.layers):
@@ -49,14 +51,18 @@ def matmul_flops(model, x):
             out = layer.forward(h)
             OH, OW = out.shape[2:]
             f = 2 * Fo * C * KH * KW * OH * OW * N
+            tiles = -(-OH // 2) * -(-OW // 2) * N
+            run = (2 * Fo * C * (KH + 1) ** 2 * tiles
+                   if winograd.fits(h, layer.params["W"], layer.stride) else f)
             rows.append({"layer": i, "kind": f"Conv2d {C}->{Fo} {KH}x{KW} out {OH}x{OW}",
-                         "fwd": f, "dW": f, "dX": f})
+                         "fwd": f, "dW": f, "dX": f, "executed": run})
             h = out
         elif isinstance(layer, Dense):
             N, D = h.shape
             M = layer.params["W"].shape[1]
             f = 2 * N * D * M
-            rows.append({"layer": i, "kind": f"Dense {D}->{M}", "fwd": f, "dW": f, "dX": f})
+            rows.append({"layer": i, "kind": f"Dense {D}->{M}", "fwd": f, "dW": f, "dX": f,
+                         "executed": f})
             h = layer.forward(h)
         else:
             h = layer.forward(h)
@@ -69,7 +75,8 @@ def gflops(x, mm, results):
     flop_rows = matmul_flops(reference_cnn(batch_norm=False), x)
     conv1_dx = flop_rows[0]["dX"]
     # both frameworks skip conv1's dX in a training step (ours: backward(input_grad=False))
-    executed = useful = sum(r["fwd"] + r["dW"] + r["dX"] for r in flop_rows) - conv1_dx
+    useful = sum(r["fwd"] + r["dW"] + r["dX"] for r in flop_rows) - conv1_dx
+    executed = sum(3 * r["executed"] for r in flop_rows) - flop_rows[0]["executed"]
     flops = {"per_layer": flop_rows, "executed_by_ours": executed, "conv1_dX": conv1_dx,
              "without_conv1_dX": useful}
     for lib, key in (("numpy", "numpy_matmul_2048_gflops"), ("torch", "torch_mm_2048_gflops")):

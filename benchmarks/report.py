@@ -151,10 +151,14 @@ def print_flops(flops):
     print()
     print("## Achieved GFLOP/s of the standard training step")
     for r in flops["per_layer"]:
+        run = (f" (as run, Winograd's tiles: {r['executed'] / 1e6:.1f})"
+               if r.get("executed", r["fwd"]) != r["fwd"] else "")
         print(f"  layer {r['layer']} {r['kind']}: {r['fwd'] / 1e6:.1f} MFLOP each for forward, "
-              f"dW and dX")
+              f"dW and dX{run}")
     print(f"  total {flops['without_conv1_dX'] / 1e9:.3f} GFLOP per standard step in both "
-          f"frameworks (conv1's dX, {flops['conv1_dX'] / 1e6:.1f} MFLOP, is skipped by both)")
+          f"frameworks (conv1's dX, {flops['conv1_dX'] / 1e6:.1f} MFLOP, is skipped by both); "
+          f"ours runs {flops['executed_by_ours'] / 1e9:.3f} (useful: the direct count; executed: "
+          f"the products as run)")
     for bn in (False, True):
         key = "bn" if bn else "no_bn"
         g = flops[f"ours_gflops_{key}"]
