@@ -61,7 +61,8 @@ how much of a result is thread oversubscription when other processes load the ma
 
 Ours runs as train.py does: nn.backend.reuse_host_memory(), and batches split into as many
 slices as BLAS has threads, run by this process and worker processes (nn/parallel.py; then each
-with one BLAS thread, and --profile times the whole batch on one). --no-split leaves the split
+with one BLAS thread, and --profile times one process's slice of the batch on one, 32 images
+when the batch of 64 is split in two). --no-split leaves the split
 off: one process of ours, OpenBLAS's own threads.
 """
 import argparse
@@ -193,7 +194,9 @@ def main(argv=None):
     profile = None
     if args.profile:
         log("profile ...")
-        profile = {("bn" if bn else "no_bn"): profile_layers(bn, x, t, 3 if args.quick else 10)
+        part = slice(0, -(-BATCH // env["split_threads"]))  # what each process of a step runs
+        profile = {("bn" if bn else "no_bn"): profile_layers(bn, x[part], t[part],
+                                                             3 if args.quick else 10)
                    for bn in (False, True)}
 
     elapsed = time.perf_counter() - t_start

@@ -162,7 +162,8 @@ def profile_layers(bn, x, t, reps):
         r["share_min"] = (r["fwd_min_ms"] + r["bwd_min_ms"]) / total_min
     breakdown = {i: conv_breakdown(model.layers[i], io["x"], io["dout"], reps)
                  for i, io in conv_io.items()}
-    return {"layers": layers, "loss_ms": med(loss_t) * 1e3, "optimizer_ms": med(opt_t) * 1e3,
+    return {"images": len(x), "layers": layers, "loss_ms": med(loss_t) * 1e3,
+            "optimizer_ms": med(opt_t) * 1e3,
             "loss_min_ms": min(loss_t) * 1e3, "optimizer_min_ms": min(opt_t) * 1e3,
             "total_ms": total, "total_min_ms": total_min, "conv_breakdown": breakdown}
 

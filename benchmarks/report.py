@@ -205,9 +205,9 @@ def print_profile(profile):
     print()
     print("## Per-layer profile of our standard step (ms: median / min)")
     for key, prof in profile.items():
-        print(f"\n### {'with' if key == 'bn' else 'without'} BatchNorm: layers + loss + "
-              f"optimizer = {prof['total_ms']:.1f} ms median, {prof['total_min_ms']:.1f} ms "
-              "summing the minima")
+        print(f"\n### {'with' if key == 'bn' else 'without'} BatchNorm, {prof['images']} images: "
+              f"layers + loss + optimizer = {prof['total_ms']:.1f} ms median, "
+              f"{prof['total_min_ms']:.1f} ms summing the minima")
         print("| layer | forward | backward | share (median) | share (min) |")
         print("|---|---:|---:|---:|---:|")
         for r in prof["layers"]:
