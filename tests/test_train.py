@@ -170,8 +170,7 @@ def test_resume_equals_an_uninterrupted_run(cli, tmp_path, flags):
 @pytest.mark.parametrize("note", [None, "OpenBLAS runs its Haswell kernels (AVX2) ..."])
 def test_a_run_says_when_openblas_runs_narrower_kernels_than_the_cpu_has(cli, tmp_path,
                                                                          monkeypatch, note):
-    import training.classifier
-    monkeypatch.setattr(training.classifier, "blas_kernel_note", lambda: note)
+    monkeypatch.setattr(classifier, "blas_kernel_note", lambda: note)
     code, out, err = cli(*SMALL, "--epochs", 1, "--out", tmp_path / "run")
     assert code == 0 and err == ""
     assert ("note: OpenBLAS runs its Haswell" in out) == (note is not None)
